@@ -1,0 +1,163 @@
+"""Replay measured curves through the allocators: every policy, on the same queries, side by side.
+
+Batch mode allocates a whole fold at once; online mode feeds a stream of queries one at a time to a
+:class:`~clear_integrations.pricing.ShadowPrice`. A query's score at ``b`` tokens is its measured accuracy at the
+largest grid budget ``<= b`` (0 below the first: no call is made). Without a test set, the estimator is
+cross-validated: fitted on ``K - 1`` folds, scored on the held-out fold, so it never sees a curve it is scored on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ..allocate import allocate
+from ..baselines import ALLOCATORS
+from ..curves import CurveBatch
+from ..errors import InvalidInput
+from ..estimate import ESTIMATORS
+from ..pricing import ShadowPrice
+from .curvesets import CurveSet
+
+__all__ = ["POLICIES", "BenchRecord", "cross_validation_splits", "replay"]
+
+POLICIES = ("uniform", "proportional", "greedy_marginal", "clear", "oracle")
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BenchRecord:
+    """One (policy, estimator, mode, stream, avg_budget) cell, averaged over folds."""
+
+    policy: str
+    estimator: str
+    mode: str
+    stream: str
+    avg_budget: int
+    accuracy: float
+    tokens_spent: float
+    abandoned_fraction: float
+    shadow_price: float | None
+    queries: int
+    batch_accuracy: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cross_validation_splits(n: int, folds: int, seed: int) -> list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]:
+    """``folds`` (train, test) index pairs over a seeded shuffle of ``range(n)``."""
+    if folds < 2 or folds > n:
+        raise InvalidInput("folds", folds, f"must be between 2 and the number of queries ({n})")
+    parts = np.array_split(np.random.default_rng(seed).permutation(n), folds)
+    return [(np.concatenate(parts[:i] + parts[i + 1 :]), parts[i]) for i in range(folds)]
+
+
+@dataclass
+class _Cell:
+    accuracy: float = 0.0
+    spent: float = 0.0
+    abandoned: float = 0.0
+    price: float = 0.0
+    priced: bool = False
+    queries: int = 0
+    folds: int = 0
+    batch: float = 0.0
+
+    def add(self, true: CurveBatch, budgets: np.ndarray[Any, Any], price: float | None, batch: float = 0.0) -> None:
+        self.batch += batch
+        self.accuracy += float(true.accuracy_at(budgets).mean())
+        self.spent += float(budgets.mean())
+        self.abandoned += float((budgets == 0).mean())
+        if price is not None and np.isfinite(price):
+            self.price += price
+            self.priced = True
+        self.queries += int(budgets.size)
+        self.folds += 1
+
+
+def _batch(policy: str, predicted: CurveBatch, true: CurveBatch, avg: int, max_tokens: int | None) -> tuple[Any, float]:
+    budget = avg * len(true)
+    if policy == "oracle":
+        result = allocate(true, budget, max_tokens=max_tokens)
+    else:
+        result = ALLOCATORS[policy](predicted, budget, max_tokens=max_tokens)
+    return result.budgets, result.shadow_price
+
+
+def _online(curves: CurveBatch, avg: int, max_tokens: int | None) -> tuple[np.ndarray[Any, Any], float]:
+    pacer = ShadowPrice(tokens_per_query=avg, max_tokens=max_tokens)
+    budgets = np.array([pacer.decide(curve).budget for curve in curves], dtype=np.int64)
+    return budgets, float(pacer.price or 0.0)
+
+
+def replay(
+    train: CurveSet,
+    *,
+    test: CurveSet | None = None,
+    budgets: Sequence[int],
+    policies: Sequence[str] = ("uniform", "clear", "oracle"),
+    estimator: str = "prior",
+    modes: Sequence[str] = ("batch",),
+    folds: int = 5,
+    stream_size: int = 500,
+    max_tokens: int | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> list[BenchRecord]:
+    """Score every policy at every average budget; see the module docstring for the protocol."""
+    for policy in policies:
+        if policy not in POLICIES:
+            raise InvalidInput("policies", policy, f"must be among {', '.join(POLICIES)}")
+    for mode in modes:
+        if mode not in ("batch", "online"):
+            raise InvalidInput("modes", mode, "must be 'batch' or 'online'")
+    if estimator not in ESTIMATORS:
+        raise InvalidInput("estimator", estimator, f"must be one of {sorted(ESTIMATORS)}")
+    if test is not None:
+        pairs = [(train, test)]
+    else:
+        pairs = [(train.take(a), train.take(b)) for a, b in cross_validation_splits(len(train), folds, seed)]
+    cells: dict[tuple[str, str, int], _Cell] = {}
+    total, done = len(pairs) * len(modes) * len(budgets), 0
+    for fit_set, score_set in pairs:
+        model = ESTIMATORS[estimator]().fit(fit_set.prompts, fit_set.curves)
+        predicted = model.predict(score_set.prompts)
+        stream = np.random.default_rng(seed).permutation(len(score_set))[:stream_size]
+        for mode in modes:
+            for avg in budgets:
+                for policy in policies:
+                    if mode == "batch":
+                        chosen, price = _batch(policy, predicted, score_set.curves, avg, max_tokens)
+                        true = score_set.curves
+                        batch = 0.0
+                    elif policy in ("clear", "oracle"):
+                        source = (score_set.curves if policy == "oracle" else predicted).take(stream)
+                        true = score_set.curves.take(stream)
+                        chosen, price = _online(source, avg, max_tokens)
+                        batch = float(true.accuracy_at(_batch("clear", source, true, avg, max_tokens)[0]).mean())
+                    else:
+                        continue
+                    cells.setdefault((mode, policy, avg), _Cell()).add(true, chosen, price, batch)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+    return [
+        BenchRecord(
+            policy=policy,
+            estimator="true curves" if policy == "oracle" else ("none" if policy == "uniform" else estimator),
+            mode=mode,
+            stream="uniform",
+            avg_budget=avg,
+            accuracy=cell.accuracy / cell.folds,
+            tokens_spent=cell.spent / cell.folds,
+            abandoned_fraction=cell.abandoned / cell.folds,
+            shadow_price=cell.price / cell.folds if cell.priced else None,
+            queries=cell.queries,
+            batch_accuracy=cell.batch / cell.folds if mode == "online" else None,
+        )
+        for (mode, policy, avg), cell in cells.items()
+    ]

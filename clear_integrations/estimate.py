@@ -1,0 +1,101 @@
+"""Estimators: a query's accuracy-at-budget curve guessed from its prompt, before any token is spent.
+
+An :class:`Estimator` is fitted on prompts with measured curves and predicts a curve per new prompt. Fitted
+estimators are saved as versioned JSON (never pickle), so an app can ship one. :class:`PriorEstimator` is the
+no-information baseline: every prompt gets the training set's mean curve. Even that beats spreading tokens
+evenly, because the mean curve of reasoning models dips before it rises, so concentrating tokens pays.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+from .curves import CurveBatch
+from .errors import InvalidCurve, InvalidInput, NotFitted
+
+__all__ = ["ESTIMATORS", "Estimator", "PriorEstimator", "load_estimator", "save_estimator"]
+
+FORMAT = "clear-integrations/estimator"
+FORMAT_VERSION = 1
+
+
+@runtime_checkable
+class Estimator(Protocol):
+    """Fit on prompts with measured curves; predict one curve per prompt."""
+
+    name: ClassVar[str]
+
+    def fit(self, prompts: Sequence[str], curves: CurveBatch) -> Estimator: ...
+
+    def predict(self, prompts: Sequence[str]) -> CurveBatch: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class PriorEstimator:
+    """Every prompt gets the mean of the training curves: the floor any real estimator must beat."""
+
+    name: ClassVar[str] = "prior"
+
+    def __init__(self) -> None:
+        self.budgets: np.ndarray[Any, Any] | None = None
+        self.mean: np.ndarray[Any, Any] | None = None
+
+    def fit(self, prompts: Sequence[str], curves: CurveBatch) -> PriorEstimator:
+        if len(prompts) != len(curves) or not len(curves):
+            raise InvalidCurve("curves", f"{len(curves)} curves", f"must be non-empty, one per prompt ({len(prompts)})")
+        self.budgets = np.asarray(curves.budgets)
+        self.mean = curves.matrix.mean(axis=0)
+        return self
+
+    def predict(self, prompts: Sequence[str]) -> CurveBatch:
+        if self.budgets is None or self.mean is None:
+            raise NotFitted(self.name)
+        return CurveBatch(self.budgets, np.broadcast_to(self.mean, (len(prompts), self.mean.size)))
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.budgets is None or self.mean is None:
+            raise NotFitted(self.name)
+        return {"budgets": self.budgets.tolist(), "mean": self.mean.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PriorEstimator:
+        estimator = cls()
+        estimator.budgets = np.asarray(data["budgets"], dtype=np.int64)
+        estimator.mean = np.asarray(data["mean"], dtype=np.float64)
+        return estimator
+
+    def save(self, path: str | Path) -> None:
+        save_estimator(self, path)
+
+
+ESTIMATORS: dict[str, type[PriorEstimator]] = {PriorEstimator.name: PriorEstimator}
+
+
+def save_estimator(estimator: Estimator, path: str | Path) -> None:
+    """Write a fitted estimator as versioned JSON."""
+    document = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "kind": estimator.name,
+        "state": estimator.to_dict(),
+    }
+    Path(path).write_text(json.dumps(document), encoding="utf-8")
+
+
+def load_estimator(path: str | Path) -> Estimator:
+    """Read an estimator written by :func:`save_estimator` (refuses other formats and newer versions)."""
+    document = json.loads(Path(path).read_text(encoding="utf-8"))
+    if document.get("format") != FORMAT:
+        raise InvalidInput("format", document.get("format"), f"is not a {FORMAT} file")
+    if document.get("version", 0) > FORMAT_VERSION:
+        raise InvalidInput("version", document.get("version"), f"is newer than this library reads ({FORMAT_VERSION})")
+    kind = document.get("kind")
+    if kind not in ESTIMATORS:
+        raise InvalidInput("kind", kind, f"must be one of {sorted(ESTIMATORS)}")
+    return ESTIMATORS[kind].from_dict(document["state"])

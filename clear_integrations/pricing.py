@@ -1,0 +1,213 @@
+"""The online shadow price of one budget pool: decide each arriving query at the current price, then move the
+price toward the pool's target spend rate.
+
+Production traffic arrives one query at a time, so the batch market of :func:`~clear_integrations.allocate`
+cannot be cleared. Instead the pool keeps a price ``lam``. An arriving query buys the budget ``b`` that maximises
+its surplus ``A(b) - lam * b`` (``b = 0``, abandonment, when no budget has a positive surplus). Then the price
+takes a dual-descent step in log space toward the target, ``lam <- lam * exp(step * (b - t) / t_avg)``: it rises
+when queries take more than their share ``t`` and falls when they take less.
+
+The target is ``tokens_per_query`` (a budget per query) or ``tokens_per_second`` (a budget per time window,
+read from an injected clock). A token bucket bounds the total: a query is never granted more than the target
+accrued so far plus ``burst`` minus what was spent, so the pool never overspends its target by more than
+``burst`` (one query's cap by default). The state is a small :class:`PriceState`, serialisable to a dict so
+that a ledger can store it and share it between processes.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .curves import AccuracyCurve
+from .errors import InvalidBudget
+from .hull import upper_hull
+from .points import curve_points
+from .validation import check_rate, check_tokens
+
+__all__ = ["PriceDecision", "PriceState", "ShadowPrice"]
+
+
+_BINS_PER_DECADE = 10
+_LOWEST_DECADE = -7
+_N_BINS = -_LOWEST_DECADE * _BINS_PER_DECADE
+
+
+@dataclass(frozen=True, slots=True)
+class PriceState:
+    """What a pool remembers between decisions (JSON-friendly via :meth:`to_dict` / :meth:`from_dict`).
+
+    - ``demand``: recent traffic's demand curve: the hull tokens bid in each log-spaced slope bin (0.1 decade
+      from 1e-7 to 1), decayed by ``1 - 1/window`` per query; ``weight`` is the decayed query count.
+    - ``correction``: the dual variable, in log space, that the pacing error moves.
+    - ``allowance``: the target accrued so far; ``spent``: tokens granted minus refunds.
+    - ``target_avg``: decayed mean of the per-query target; ``price``: the last price quoted.
+    """
+
+    demand: tuple[float, ...] = (0.0,) * _N_BINS
+    weight: float = 0.0
+    correction: float = 0.0
+    price: float | None = None
+    spent: int = 0
+    allowance: float = 0.0
+    queries: int = 0
+    target_avg: float = 0.0
+    last_time: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["demand"] = list(self.demand)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PriceState:
+        fields = {key: data[key] for key in cls.__dataclass_fields__ if key in data}
+        if "demand" in fields:
+            fields["demand"] = tuple(float(v) for v in fields["demand"])
+        return cls(**fields)
+
+
+@dataclass(frozen=True, slots=True)
+class PriceDecision:
+    """One query's budget (0 = abandoned), the price it was decided at, and its expected accuracy."""
+
+    budget: int
+    price: float
+    expected_accuracy: float
+    abandoned: bool
+    best_accuracy: float
+
+
+class ShadowPrice:
+    """Online pricing for one pool. Thread-safe; :meth:`decide` is the only call on the hot path.
+
+    The price has two parts. The *market* part clears recent traffic's demand: the price at which the hulls of
+    the last ``window`` queries (exponentially decayed) would ask for exactly the target per query, the batch
+    allocator's answer on a sliding sample. The *pacing* part is a dual variable ``correction`` that takes a
+    step of ``step * (b - t) / t_avg`` after each decision, correcting what the sample misses (a drift in the
+    traffic, refunds of unused tokens). The quoted price is ``market * exp(correction)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        tokens_per_query: float | None = None,
+        tokens_per_second: float | None = None,
+        step: float = 0.02,
+        window: int = 200,
+        burst: int | None = None,
+        max_tokens: int | None = None,
+        granularity: int = 1,
+        state: PriceState | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if (tokens_per_query is None) == (tokens_per_second is None):
+            raise InvalidBudget(
+                "tokens_per_query",
+                tokens_per_query,
+                "give exactly one of tokens_per_query or tokens_per_second",
+            )
+        self.tokens_per_query = None if tokens_per_query is None else check_rate("tokens_per_query", tokens_per_query)
+        self.tokens_per_second = (
+            None if tokens_per_second is None else check_rate("tokens_per_second", tokens_per_second)
+        )
+        self.step = check_rate("step", step)
+        self.decay = 1.0 - 1.0 / check_tokens("window", window, minimum=1)
+        self.max_tokens = None if max_tokens is None else check_tokens("max_tokens", max_tokens)
+        self.granularity = check_tokens("granularity", granularity, minimum=1)
+        if burst is None:
+            burst = self.max_tokens if self.max_tokens is not None else math.ceil(4 * (tokens_per_query or 0))
+        self.burst = check_tokens("burst", burst)
+        self._clock = clock
+        self._state = state or PriceState()
+        self._lock = threading.Lock()
+
+    @property
+    def state(self) -> PriceState:
+        return self._state
+
+    @property
+    def price(self) -> float | None:
+        """The last price quoted (``None`` before the first query)."""
+        return self._state.price
+
+    def decide(self, curve: AccuracyCurve) -> PriceDecision:
+        """Budget for one arriving query at the current price; then update the price and the spend."""
+        points = curve_points([curve], cap=self.max_tokens, granularity=self.granularity)
+        segments = upper_hull(points.budgets, points.values, points.valid)
+        budgets = points.budgets[0][points.valid[0]]
+        values = points.values[0][points.valid[0]]
+        with self._lock:
+            state, target = self._accrue(self._state)
+            target_avg = target if state.queries == 0 else self.decay * state.target_avg + (1 - self.decay) * target
+            demand = np.asarray(state.demand) * self.decay
+            np.add.at(demand, _bin(segments.slope), segments.length)
+            weight = state.weight * self.decay + 1.0
+            price = _clearing_price(demand, target_avg * weight) * math.exp(state.correction)
+            room = state.allowance + self.burst - state.spent
+            surplus = np.where(budgets <= room, values - price * budgets, -np.inf)
+            best = int(np.argmax(surplus))
+            funded = bool(surplus[best] > 0 and budgets[best] > 0)
+            budget = int(budgets[best]) if funded else 0
+            error = (budget - target) / target_avg if target_avg > 0 else 0.0
+            self._state = replace(
+                state,
+                demand=tuple(demand.tolist()),
+                weight=weight,
+                correction=min(5.0, max(-5.0, state.correction + self.step * error)),
+                price=price,
+                spent=state.spent + budget,
+                queries=state.queries + 1,
+                target_avg=target_avg,
+            )
+        return PriceDecision(
+            budget=budget,
+            price=price,
+            expected_accuracy=float(values[best]) if funded else 0.0,
+            abandoned=not funded,
+            best_accuracy=float(values.max()),
+        )
+
+    def refund(self, tokens: int) -> None:
+        """Return granted tokens that were not used (a call that stopped before its cap)."""
+        tokens = check_tokens("tokens", tokens)
+        with self._lock:
+            self._state = replace(self._state, spent=self._state.spent - tokens)
+
+    def _accrue(self, state: PriceState) -> tuple[PriceState, float]:
+        """Add this query's target to the allowance; return the new state and the target."""
+        if self.tokens_per_query is not None:
+            return replace(state, allowance=state.allowance + self.tokens_per_query), self.tokens_per_query
+        assert self.tokens_per_second is not None
+        now = self._clock()
+        elapsed = 0.0 if state.last_time is None else max(0.0, now - state.last_time)
+        target = self.tokens_per_second * elapsed if state.last_time is not None else state.target_avg
+        return replace(state, allowance=state.allowance + self.tokens_per_second * elapsed, last_time=now), target
+
+
+def _bin(slopes: NDArray[np.float64]) -> NDArray[np.int64]:
+    position = (np.log10(np.maximum(slopes, 10.0**_LOWEST_DECADE)) - _LOWEST_DECADE) * _BINS_PER_DECADE
+    bins: NDArray[np.int64] = np.clip(position.astype(np.int64), 0, _N_BINS - 1)
+    return bins
+
+
+def _clearing_price(demand: np.ndarray[Any, Any], supply: float) -> float:
+    """The price at which the demand (tokens per slope bin) equals ``supply``; 1e-7 when it does not bind."""
+    from_top = np.cumsum(demand[::-1])
+    if supply <= 0:  # no target history yet: the token bucket alone limits the first query
+        return 10.0**_LOWEST_DECADE
+    index = int(np.searchsorted(from_top, supply))
+    if index >= _N_BINS:
+        return 10.0**_LOWEST_DECADE
+    bin_ = _N_BINS - 1 - index
+    before = from_top[index - 1] if index else 0.0
+    inside = demand[bin_]
+    fraction = (supply - before) / inside if inside > 0 else 0.0
+    return float(10.0 ** (_LOWEST_DECADE + (bin_ + 1 - fraction) / _BINS_PER_DECADE))
