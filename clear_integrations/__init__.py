@@ -8,6 +8,7 @@ from ._version import __version__
 from .allocate import Allocation, allocate
 from .baselines import ALLOCATORS, Allocator, greedy_marginal, proportional, uniform
 from .curves import AccuracyCurve, CurveBatch, EmpiricalCurve, isotonic
+from .embedding_estimator import EmbeddingEstimator
 from .errors import (
     BudgetExceeded,
     ClearError,
@@ -24,7 +25,10 @@ from .errors import (
     UnknownReservation,
 )
 from .estimate import Estimator, PriorEstimator, load_estimator, save_estimator
+from .families import Logistic, ShiftedSurge
+from .fitting import LogisticFit, SurgeFit, fit_logistic, fit_shifted_surge, fit_tau
 from .pricing import PriceDecision, PriceState, ShadowPrice
+from .text_estimator import TextFeatureEstimator
 
 __all__ = [
     "ALLOCATORS",
@@ -34,6 +38,7 @@ __all__ = [
     "BudgetExceeded",
     "ClearError",
     "CurveBatch",
+    "EmbeddingEstimator",
     "EmpiricalCurve",
     "Estimator",
     "InvalidAccount",
@@ -43,6 +48,8 @@ __all__ = [
     "InvalidUsage",
     "LedgerError",
     "LedgerUnavailable",
+    "Logistic",
+    "LogisticFit",
     "NotFitted",
     "PriceDecision",
     "PriceState",
@@ -50,9 +57,15 @@ __all__ = [
     "QueryAbandoned",
     "ReservationClosed",
     "ShadowPrice",
+    "ShiftedSurge",
+    "SurgeFit",
+    "TextFeatureEstimator",
     "UnknownReservation",
     "__version__",
     "allocate",
+    "fit_logistic",
+    "fit_shifted_surge",
+    "fit_tau",
     "greedy_marginal",
     "isotonic",
     "load_estimator",

@@ -9,7 +9,7 @@ evenly, because the mean curve of reasoning models dips before it rises, so conc
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -18,23 +18,44 @@ import numpy as np
 from .curves import CurveBatch
 from .errors import InvalidCurve, InvalidInput, NotFitted
 
-__all__ = ["ESTIMATORS", "Estimator", "PriorEstimator", "load_estimator", "save_estimator"]
+__all__ = [
+    "Estimator",
+    "Meta",
+    "PriorEstimator",
+    "check_training_set",
+    "estimators",
+    "load_estimator",
+    "save_estimator",
+]
 
 FORMAT = "clear-integrations/estimator"
 FORMAT_VERSION = 1
 
 
+Meta = Sequence[Mapping[str, Any]] | None
+
+
 @runtime_checkable
 class Estimator(Protocol):
-    """Fit on prompts with measured curves; predict one curve per prompt."""
+    """Fit on prompts with measured curves; predict one curve per prompt.
+
+    ``meta[i]`` carries optional per-prompt inputs the caller knows before generation (for example a cheap
+    model's difficulty label); estimators ignore what they do not use, and must never be given outcomes.
+    """
 
     name: ClassVar[str]
 
-    def fit(self, prompts: Sequence[str], curves: CurveBatch) -> Estimator: ...
+    def fit(self, prompts: Sequence[str], curves: CurveBatch, meta: Meta = None) -> Estimator: ...
 
-    def predict(self, prompts: Sequence[str]) -> CurveBatch: ...
+    def predict(self, prompts: Sequence[str], meta: Meta = None) -> CurveBatch: ...
 
     def to_dict(self) -> dict[str, Any]: ...
+
+
+def check_training_set(prompts: Sequence[str], curves: CurveBatch) -> None:
+    """Refuse an empty training set or one whose prompts and curves do not pair up."""
+    if len(prompts) != len(curves) or not len(curves):
+        raise InvalidCurve("curves", f"{len(curves)} curves", f"must be non-empty, one per prompt ({len(prompts)})")
 
 
 class PriorEstimator:
@@ -46,14 +67,13 @@ class PriorEstimator:
         self.budgets: np.ndarray[Any, Any] | None = None
         self.mean: np.ndarray[Any, Any] | None = None
 
-    def fit(self, prompts: Sequence[str], curves: CurveBatch) -> PriorEstimator:
-        if len(prompts) != len(curves) or not len(curves):
-            raise InvalidCurve("curves", f"{len(curves)} curves", f"must be non-empty, one per prompt ({len(prompts)})")
+    def fit(self, prompts: Sequence[str], curves: CurveBatch, meta: Meta = None) -> PriorEstimator:
+        check_training_set(prompts, curves)
         self.budgets = np.asarray(curves.budgets)
         self.mean = curves.matrix.mean(axis=0)
         return self
 
-    def predict(self, prompts: Sequence[str]) -> CurveBatch:
+    def predict(self, prompts: Sequence[str], meta: Meta = None) -> CurveBatch:
         if self.budgets is None or self.mean is None:
             raise NotFitted(self.name)
         return CurveBatch(self.budgets, np.broadcast_to(self.mean, (len(prompts), self.mean.size)))
@@ -70,11 +90,13 @@ class PriorEstimator:
         estimator.mean = np.asarray(data["mean"], dtype=np.float64)
         return estimator
 
-    def save(self, path: str | Path) -> None:
-        save_estimator(self, path)
 
+def estimators() -> dict[str, Any]:
+    """Estimator classes by name (imported on first use, so the core stays light)."""
+    from .embedding_estimator import EmbeddingEstimator
+    from .text_estimator import TextFeatureEstimator
 
-ESTIMATORS: dict[str, type[PriorEstimator]] = {PriorEstimator.name: PriorEstimator}
+    return {cls.name: cls for cls in (PriorEstimator, TextFeatureEstimator, EmbeddingEstimator)}
 
 
 def save_estimator(estimator: Estimator, path: str | Path) -> None:
@@ -88,14 +110,19 @@ def save_estimator(estimator: Estimator, path: str | Path) -> None:
     Path(path).write_text(json.dumps(document), encoding="utf-8")
 
 
-def load_estimator(path: str | Path) -> Estimator:
-    """Read an estimator written by :func:`save_estimator` (refuses other formats and newer versions)."""
+def load_estimator(path: str | Path, **options: Any) -> Estimator:
+    """Read an estimator written by :func:`save_estimator` (refuses other formats and newer versions).
+
+    ``options`` go to the estimator's ``from_dict``: an embedding estimator needs ``embed=...`` again.
+    """
     document = json.loads(Path(path).read_text(encoding="utf-8"))
     if document.get("format") != FORMAT:
         raise InvalidInput("format", document.get("format"), f"is not a {FORMAT} file")
     if document.get("version", 0) > FORMAT_VERSION:
         raise InvalidInput("version", document.get("version"), f"is newer than this library reads ({FORMAT_VERSION})")
     kind = document.get("kind")
-    if kind not in ESTIMATORS:
-        raise InvalidInput("kind", kind, f"must be one of {sorted(ESTIMATORS)}")
-    return ESTIMATORS[kind].from_dict(document["state"])
+    known = estimators()
+    if kind not in known:
+        raise InvalidInput("kind", kind, f"must be one of {sorted(known)}")
+    loaded: Estimator = known[kind].from_dict(document["state"], **options)
+    return loaded

@@ -26,8 +26,15 @@ def _write_ps_folder(root: Path, n: int = 40) -> Path:
     folder = root / "gsm8k_results_with_difficulty"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    fields = ["dataset", "question_id", "question_text", "split", "early_stop_correct_proportions",
-              "difficulty", "model_predicted_difficulty"]
+    fields = [
+        "dataset",
+        "question_id",
+        "question_text",
+        "split",
+        "early_stop_correct_proportions",
+        "difficulty",
+        "model_predicted_difficulty",
+    ]
     for part in range(2):
         with (folder / f"gsm8k_Y_train_{part}_with_difficulty.csv").open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=fields)
@@ -35,11 +42,17 @@ def _write_ps_folder(root: Path, n: int = 40) -> Path:
             for i in range(part * n // 2, (part + 1) * n // 2):
                 tau = rng.integers(0, 12)
                 values = [0.0] * tau + [0.1 * (k + 1) + 1e-17 for k in range(16 - tau)]
-                writer.writerow({
-                    "dataset": "gsm8k", "question_id": f"train_{i}", "question_text": f"<q>{i}</q>", "split": "train",
-                    "early_stop_correct_proportions": json.dumps([min(v, 1.0) for v in values]),
-                    "difficulty": "hard", "model_predicted_difficulty": "easy",
-                })
+                writer.writerow(
+                    {
+                        "dataset": "gsm8k",
+                        "question_id": f"train_{i}",
+                        "question_text": f"<q>{i}</q>",
+                        "split": "train",
+                        "early_stop_correct_proportions": json.dumps([min(v, 1.0) for v in values]),
+                        "difficulty": "hard",
+                        "model_predicted_difficulty": "easy",
+                    }
+                )
     return root
 
 
@@ -86,8 +99,17 @@ def test_replay_scores_clear_above_uniform_when_budgets_are_scarce() -> None:
         assert oracle.accuracy >= clear.accuracy >= uniform.accuracy
         assert clear.tokens_spent <= avg and uniform.tokens_spent <= avg
         assert cell[("online", "oracle", avg)].accuracy >= 0.9 * oracle.accuracy
-    assert {"policy", "estimator", "mode", "stream", "avg_budget", "accuracy", "tokens_spent",
-            "abandoned_fraction", "shadow_price"} <= set(records[0].to_dict())
+    assert {
+        "policy",
+        "estimator",
+        "mode",
+        "stream",
+        "avg_budget",
+        "accuracy",
+        "tokens_spent",
+        "abandoned_fraction",
+        "shadow_price",
+    } <= set(records[0].to_dict())
     table = format_table(records)
     assert "clear/uniform" in table and "mode: online" in table
 
@@ -96,8 +118,9 @@ def test_cli_bench_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFi
     train = tmp_path / "train.jsonl"
     write_jsonl(synthetic_curves(120, seed=2), train)
     out, plot = tmp_path / "out.json", tmp_path / "pareto.png"
-    code = main(["bench", "--train", str(train), "--budgets", "32,64", "--folds", "3",
-                 "--json", str(out), "--plot", str(plot)])
+    code = main(
+        ["bench", "--train", str(train), "--budgets", "32,64", "--folds", "3", "--json", str(out), "--plot", str(plot)]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "3-fold cross-validation" in printed and "oracle" in printed

@@ -18,13 +18,19 @@ from ..allocate import allocate
 from ..baselines import ALLOCATORS
 from ..curves import CurveBatch
 from ..errors import InvalidInput
-from ..estimate import ESTIMATORS
+from ..estimate import Estimator, PriorEstimator
 from ..pricing import ShadowPrice
+from ..text_estimator import TextFeatureEstimator
 from .curvesets import CurveSet
 
-__all__ = ["POLICIES", "BenchRecord", "cross_validation_splits", "replay"]
+__all__ = ["ESTIMATOR_PRESETS", "POLICIES", "BenchRecord", "cross_validation_splits", "replay"]
 
 POLICIES = ("uniform", "proportional", "greedy_marginal", "clear", "oracle")
+ESTIMATOR_PRESETS: dict[str, Callable[[], Estimator]] = {
+    "prior": PriorEstimator,
+    "text": TextFeatureEstimator,
+    "text+label": lambda: TextFeatureEstimator(categorical=("model_predicted_difficulty",)),
+}
 Progress = Callable[[int, int], None]
 
 
@@ -115,8 +121,8 @@ def replay(
     for mode in modes:
         if mode not in ("batch", "online"):
             raise InvalidInput("modes", mode, "must be 'batch' or 'online'")
-    if estimator not in ESTIMATORS:
-        raise InvalidInput("estimator", estimator, f"must be one of {sorted(ESTIMATORS)}")
+    if estimator not in ESTIMATOR_PRESETS:
+        raise InvalidInput("estimator", estimator, f"must be one of {sorted(ESTIMATOR_PRESETS)}")
     if test is not None:
         pairs = [(train, test)]
     else:
@@ -124,8 +130,8 @@ def replay(
     cells: dict[tuple[str, str, int], _Cell] = {}
     total, done = len(pairs) * len(modes) * len(budgets), 0
     for fit_set, score_set in pairs:
-        model = ESTIMATORS[estimator]().fit(fit_set.prompts, fit_set.curves)
-        predicted = model.predict(score_set.prompts)
+        model = ESTIMATOR_PRESETS[estimator]().fit(fit_set.prompts, fit_set.curves, fit_set.meta)
+        predicted = model.predict(score_set.prompts, score_set.meta)
         stream = np.random.default_rng(seed).permutation(len(score_set))[:stream_size]
         for mode in modes:
             for avg in budgets:
