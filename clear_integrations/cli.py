@@ -57,6 +57,7 @@ def _bench(args: argparse.Namespace) -> int:
         policies=args.policies,
         estimator=args.estimator,
         modes=args.mode,
+        streams=args.streams,
         folds=args.folds,
         max_tokens=args.max_tokens,
         seed=args.seed,
@@ -105,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--estimator", default="prior", help="curve estimator for clear and proportional")
     bench.add_argument("--mode", type=_names, default=["batch"], help="batch,online")
+    bench.add_argument(
+        "--streams", type=_names, default=["uniform"], help="online traffic: uniform,easy,hard,u-shaped,bursty"
+    )
     bench.add_argument("--max-tokens", type=int, default=None, help="cap on any single query")
     bench.add_argument("--synthetic", type=int, default=2000, help="synthetic queries when no --train (2000)")
     bench.add_argument("--seed", type=int, default=0)

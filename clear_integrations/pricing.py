@@ -3,15 +3,16 @@ price toward the pool's target spend rate.
 
 Production traffic arrives one query at a time, so the batch market of :func:`~clear_integrations.allocate`
 cannot be cleared. Instead the pool keeps a price ``lam``. An arriving query buys the budget ``b`` that maximises
-its surplus ``A(b) - lam * b`` (``b = 0``, abandonment, when no budget has a positive surplus). Then the price
-takes a dual-descent step in log space toward the target, ``lam <- lam * exp(step * (b - t) / t_avg)``: it rises
-when queries take more than their share ``t`` and falls when they take less.
+its surplus ``A(b) - lam * b`` (``b = 0``, abandonment, when no budget has a positive surplus). The price is
+the market price of recent traffic (the batch allocator's price on a decayed sample of the last queries' hulls),
+moved by dual descent toward the target: it rises while queries take more than their share and falls while they
+take less (see :class:`ShadowPrice`).
 
 The target is ``tokens_per_query`` (a budget per query) or ``tokens_per_second`` (a budget per time window,
 read from an injected clock). A token bucket bounds the total: a query is never granted more than the target
 accrued so far plus ``burst`` minus what was spent, so the pool never overspends its target by more than
-``burst`` (one query's cap by default). The state is a small :class:`PriceState`, serialisable to a dict so
-that a ledger can store it and share it between processes.
+``burst`` (one query's cap by default; unspent target is kept for at most ``window`` queries). The state is a
+small :class:`PriceState`, serialisable to a dict so that a ledger can store it and share it between processes.
 """
 
 from __future__ import annotations
@@ -46,19 +47,18 @@ class PriceState:
 
     - ``demand``: recent traffic's demand curve: the hull tokens bid in each log-spaced slope bin (0.1 decade
       from 1e-7 to 1), decayed by ``1 - 1/window`` per query; ``weight`` is the decayed query count.
-    - ``correction``: the dual variable, in log space, that the pacing error moves.
+    - ``supply``: the per-query targets, decayed like ``demand`` (so ``supply / weight`` is the mean target).
     - ``allowance``: the target accrued so far; ``spent``: tokens granted minus refunds.
-    - ``target_avg``: decayed mean of the per-query target; ``price``: the last price quoted.
+    - ``price``: the last price quoted.
     """
 
     demand: tuple[float, ...] = (0.0,) * _N_BINS
     weight: float = 0.0
-    correction: float = 0.0
     price: float | None = None
     spent: int = 0
     allowance: float = 0.0
     queries: int = 0
-    target_avg: float = 0.0
+    supply: float = 0.0
     last_time: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,10 +89,13 @@ class ShadowPrice:
     """Online pricing for one pool. Thread-safe; :meth:`decide` is the only call on the hot path.
 
     The price has two parts. The *market* part clears recent traffic's demand: the price at which the hulls of
-    the last ``window`` queries (exponentially decayed) would ask for exactly the target per query, the batch
-    allocator's answer on a sliding sample. The *pacing* part is a dual variable ``correction`` that takes a
-    step of ``step * (b - t) / t_avg`` after each decision, correcting what the sample misses (a drift in the
-    traffic, refunds of unused tokens). The quoted price is ``market * exp(correction)``.
+    the last ``window`` queries (exponentially decayed) would ask for exactly their targets, the batch
+    allocator's answer on a sliding sample. The *pacing* part is the dual variable of the spend constraint, in
+    log space: ``correction = -step * saved / t_avg``, where ``saved`` is the target accrued but not spent (at
+    most ``window`` queries' worth) and ``t_avg`` the mean target per query. It is the sum of dual-descent steps
+    ``step * (b - t) / t_avg`` over all decisions, read from the state instead of stored, so it corrects what the
+    sample misses (drifting traffic, unused tokens refunded) and never drifts on its own. The quoted price is
+    ``market * exp(correction)``.
     """
 
     def __init__(
@@ -100,7 +103,7 @@ class ShadowPrice:
         *,
         tokens_per_query: float | None = None,
         tokens_per_second: float | None = None,
-        step: float = 0.02,
+        step: float = 0.005,
         window: int = 200,
         burst: int | None = None,
         max_tokens: int | None = None,
@@ -119,11 +122,13 @@ class ShadowPrice:
             None if tokens_per_second is None else check_rate("tokens_per_second", tokens_per_second)
         )
         self.step = check_rate("step", step)
-        self.decay = 1.0 - 1.0 / check_tokens("window", window, minimum=1)
+        self.window = check_tokens("window", window, minimum=1)
+        self.decay = 1.0 - 1.0 / self.window
         self.max_tokens = None if max_tokens is None else check_tokens("max_tokens", max_tokens)
         self.granularity = check_tokens("granularity", granularity, minimum=1)
-        if burst is None:
-            burst = self.max_tokens if self.max_tokens is not None else math.ceil(4 * (tokens_per_query or 0))
+        if burst is None:  # one query's cap, else four queries' share, else a minute of a time target
+            share = 4 * self.tokens_per_query if self.tokens_per_query is not None else 60 * (tokens_per_second or 0)
+            burst = self.max_tokens if self.max_tokens is not None else math.ceil(share)
         self.burst = check_tokens("burst", burst)
         self._clock = clock
         self._state = state or PriceState()
@@ -146,26 +151,28 @@ class ShadowPrice:
         values = points.values[0][points.valid[0]]
         with self._lock:
             state, target = self._accrue(self._state)
-            target_avg = target if state.queries == 0 else self.decay * state.target_avg + (1 - self.decay) * target
             demand = np.asarray(state.demand) * self.decay
             np.add.at(demand, _bin(segments.slope), segments.length)
             weight = state.weight * self.decay + 1.0
-            price = _clearing_price(demand, target_avg * weight) * math.exp(state.correction)
+            supply = state.supply * self.decay + target
+            target_avg = supply / weight
+            saved = min(state.allowance - state.spent, self.window * target_avg)  # unspent target, capped
+            state = replace(state, allowance=state.spent + saved)
+            correction = min(5.0, max(-5.0, -self.step * saved / target_avg)) if target_avg > 0 else 0.0
+            price = _clearing_price(demand, supply) * math.exp(correction)
             room = state.allowance + self.burst - state.spent
             surplus = np.where(budgets <= room, values - price * budgets, -np.inf)
             best = int(np.argmax(surplus))
             funded = bool(surplus[best] > 0 and budgets[best] > 0)
             budget = int(budgets[best]) if funded else 0
-            error = (budget - target) / target_avg if target_avg > 0 else 0.0
             self._state = replace(
                 state,
                 demand=tuple(demand.tolist()),
                 weight=weight,
-                correction=min(5.0, max(-5.0, state.correction + self.step * error)),
                 price=price,
                 spent=state.spent + budget,
                 queries=state.queries + 1,
-                target_avg=target_avg,
+                supply=supply,
             )
         return PriceDecision(
             budget=budget,
@@ -188,8 +195,8 @@ class ShadowPrice:
         assert self.tokens_per_second is not None
         now = self._clock()
         elapsed = 0.0 if state.last_time is None else max(0.0, now - state.last_time)
-        target = self.tokens_per_second * elapsed if state.last_time is not None else state.target_avg
-        return replace(state, allowance=state.allowance + self.tokens_per_second * elapsed, last_time=now), target
+        target = self.tokens_per_second * elapsed
+        return replace(state, allowance=state.allowance + target, last_time=now), target
 
 
 def _bin(slopes: NDArray[np.float64]) -> NDArray[np.int64]:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -110,3 +112,31 @@ def test_works_on_batches_of_one_grid() -> None:
     curves = CurveBatch(GRID, [[0.0, 0.3, 0.9, 0.95]] * 5)
     pacer = ShadowPrice(tokens_per_query=64)
     assert all(pacer.decide(c).budget >= 0 for c in curves)
+
+
+@pytest.mark.parametrize("avg", [16, 48, 128, 256])
+def test_online_price_on_real_curves(shared_data: Path, avg: int) -> None:
+    from clear_integrations.bench.curvesets import load_predictive_scheduling
+
+    data = load_predictive_scheduling(shared_data / "predictive-scheduling-gsm8k")
+    curves = data.curves.take(np.random.default_rng(avg).permutation(len(data))[:500])
+    pacer = ShadowPrice(tokens_per_query=avg, max_tokens=256)
+    budgets = np.array([pacer.decide(curve).budget for curve in curves])
+    assert np.all(np.cumsum(budgets) <= avg * np.arange(1, 501) + 256)
+    assert curves.accuracy_at(budgets).mean() >= 0.9 * allocate(curves, avg * 500).expected_accuracy
+
+
+def test_bursty_arrivals_on_a_time_target() -> None:
+    from clear_integrations.bench.streams import make_stream
+
+    pool = synthetic_curves(2000, seed=9).curves
+    stream = make_stream("bursty", pool, 500, seed=1)
+    assert stream.arrivals is not None
+    curves, clock = pool.take(stream.indices), FakeClock()
+    rate = 48 * 500 / float(stream.arrivals[-1] - stream.arrivals[0])
+    pacer = ShadowPrice(tokens_per_second=rate, clock=clock, max_tokens=256)
+    budgets = []
+    for at, curve in zip(stream.arrivals, curves, strict=True):
+        clock.now = float(at)
+        budgets.append(pacer.decide(curve).budget)
+    assert curves.accuracy_at(np.array(budgets)).mean() >= 0.85 * allocate(curves, 48 * 500).expected_accuracy

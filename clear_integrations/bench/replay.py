@@ -8,6 +8,7 @@ cross-validated: fitted on ``K - 1`` folds, scored on the held-out fold, so it n
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from ..estimate import Estimator, PriorEstimator
 from ..pricing import ShadowPrice
 from ..text_estimator import TextFeatureEstimator
 from .curvesets import CurveSet
+from .streams import STREAMS, make_stream
 
 __all__ = ["ESTIMATOR_PRESETS", "POLICIES", "BenchRecord", "cross_validation_splits", "replay"]
 
@@ -49,6 +51,8 @@ class BenchRecord:
     shadow_price: float | None
     queries: int
     batch_accuracy: float | None = None
+    predict_us: float | None = None
+    predict_us_single: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,9 +98,28 @@ def _batch(policy: str, predicted: CurveBatch, true: CurveBatch, avg: int, max_t
     return result.budgets, result.shadow_price
 
 
-def _online(curves: CurveBatch, avg: int, max_tokens: int | None) -> tuple[np.ndarray[Any, Any], float]:
-    pacer = ShadowPrice(tokens_per_query=avg, max_tokens=max_tokens)
-    budgets = np.array([pacer.decide(curve).budget for curve in curves], dtype=np.int64)
+class _ReplayClock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _online(
+    curves: CurveBatch, avg: int, max_tokens: int | None, arrivals: np.ndarray[Any, Any] | None
+) -> tuple[np.ndarray[Any, Any], float]:
+    """Feed the stream to a pacer: per query, or per second on the stream's own clock when it has arrival times."""
+    clock = _ReplayClock()
+    if arrivals is None:
+        pacer = ShadowPrice(tokens_per_query=avg, max_tokens=max_tokens)
+    else:
+        span = float(arrivals[-1] - arrivals[0]) or 1.0
+        pacer = ShadowPrice(tokens_per_second=avg * len(curves) / span, max_tokens=max_tokens, clock=clock)
+    budgets = np.empty(len(curves), dtype=np.int64)
+    for i, curve in enumerate(curves):
+        if arrivals is not None:
+            clock.now = float(arrivals[i])
+        budgets[i] = pacer.decide(curve).budget
     return budgets, float(pacer.price or 0.0)
 
 
@@ -108,6 +131,7 @@ def replay(
     policies: Sequence[str] = ("uniform", "clear", "oracle"),
     estimator: str = "prior",
     modes: Sequence[str] = ("batch",),
+    streams: Sequence[str] = ("uniform",),
     folds: int = 5,
     stream_size: int = 500,
     max_tokens: int | None = None,
@@ -121,33 +145,48 @@ def replay(
     for mode in modes:
         if mode not in ("batch", "online"):
             raise InvalidInput("modes", mode, "must be 'batch' or 'online'")
+    for name in streams:
+        if name not in STREAMS:
+            raise InvalidInput("streams", name, f"must be among {', '.join(STREAMS)}")
     if estimator not in ESTIMATOR_PRESETS:
         raise InvalidInput("estimator", estimator, f"must be one of {sorted(ESTIMATOR_PRESETS)}")
     if test is not None:
         pairs = [(train, test)]
     else:
         pairs = [(train.take(a), train.take(b)) for a, b in cross_validation_splits(len(train), folds, seed)]
-    cells: dict[tuple[str, str, int], _Cell] = {}
-    total, done = len(pairs) * len(modes) * len(budgets), 0
-    for fit_set, score_set in pairs:
+    runs = [("batch", "all")] if "batch" in modes else []
+    runs += [("online", name) for name in streams] if "online" in modes else []
+    cells: dict[tuple[str, str, str, int], _Cell] = {}
+    total, done = len(pairs) * len(runs) * len(budgets), 0
+    cost = [0.0, 0.0]  # seconds per prompt: batched, one at a time
+    for fold, (fit_set, score_set) in enumerate(pairs):
         model = ESTIMATOR_PRESETS[estimator]().fit(fit_set.prompts, fit_set.curves, fit_set.meta)
+        started = time.perf_counter()
         predicted = model.predict(score_set.prompts, score_set.meta)
-        stream = np.random.default_rng(seed).permutation(len(score_set))[:stream_size]
-        for mode in modes:
+        cost[0] += (time.perf_counter() - started) / len(score_set)
+        started = time.perf_counter()
+        for i in range(min(20, len(score_set))):
+            model.predict(score_set.prompts[i : i + 1], score_set.meta[i : i + 1] if score_set.meta else None)
+        cost[1] += (time.perf_counter() - started) / min(20, len(score_set))
+        for mode, name in runs:
+            stream = None if mode == "batch" else make_stream(name, score_set.curves, stream_size, seed=seed + fold)
             for avg in budgets:
                 for policy in policies:
-                    if mode == "batch":
+                    if stream is None:
                         chosen, price = _batch(policy, predicted, score_set.curves, avg, max_tokens)
-                        true = score_set.curves
-                        batch = 0.0
+                        true, batch = score_set.curves, 0.0
+                    elif policy == "uniform":  # a fixed cap needs no price: online and batch are the same
+                        true = score_set.curves.take(stream.indices)
+                        chosen, price = _batch(policy, true, true, avg, max_tokens)
+                        batch = float(true.accuracy_at(chosen).mean())
                     elif policy in ("clear", "oracle"):
-                        source = (score_set.curves if policy == "oracle" else predicted).take(stream)
-                        true = score_set.curves.take(stream)
-                        chosen, price = _online(source, avg, max_tokens)
+                        source = (score_set.curves if policy == "oracle" else predicted).take(stream.indices)
+                        true = score_set.curves.take(stream.indices)
+                        chosen, price = _online(source, avg, max_tokens, stream.arrivals)
                         batch = float(true.accuracy_at(_batch("clear", source, true, avg, max_tokens)[0]).mean())
                     else:
                         continue
-                    cells.setdefault((mode, policy, avg), _Cell()).add(true, chosen, price, batch)
+                    cells.setdefault((mode, name, policy, avg), _Cell()).add(true, chosen, price, batch)
                 done += 1
                 if progress is not None:
                     progress(done, total)
@@ -156,7 +195,7 @@ def replay(
             policy=policy,
             estimator="true curves" if policy == "oracle" else ("none" if policy == "uniform" else estimator),
             mode=mode,
-            stream="uniform",
+            stream=name,
             avg_budget=avg,
             accuracy=cell.accuracy / cell.folds,
             tokens_spent=cell.spent / cell.folds,
@@ -164,6 +203,8 @@ def replay(
             shadow_price=cell.price / cell.folds if cell.priced else None,
             queries=cell.queries,
             batch_accuracy=cell.batch / cell.folds if mode == "online" else None,
+            predict_us=None if policy in ("uniform", "oracle") else 1e6 * cost[0] / len(pairs),
+            predict_us_single=None if policy in ("uniform", "oracle") else 1e6 * cost[1] / len(pairs),
         )
-        for (mode, policy, avg), cell in cells.items()
+        for (mode, name, policy, avg), cell in cells.items()
     ]

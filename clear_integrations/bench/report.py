@@ -22,13 +22,21 @@ def _share(value: float, base: float, top: float) -> str:
 def format_table(records: Sequence[BenchRecord]) -> str:
     """One table per mode: accuracy of each policy by average budget, CLEAR against uniform and the oracle."""
     lines: list[str] = []
-    for mode in dict.fromkeys(r.mode for r in records):
-        rows = [r for r in records if r.mode == mode]
+    for mode, stream in dict.fromkeys((r.mode, r.stream) for r in records):
+        rows = [r for r in records if (r.mode, r.stream) == (mode, stream)]
         policies = list(dict.fromkeys(r.policy for r in rows))
         cell = {(r.policy, r.avg_budget): r for r in rows}
-        estimators = sorted({r.estimator for r in rows if r.policy not in ("uniform", "oracle")})
+        estimated = [r for r in rows if r.predict_us is not None]
+        estimators = sorted({r.estimator for r in estimated})
         lines.append(
-            f"mode: {mode}   estimator: {', '.join(estimators) or '-'}   queries scored: {max(r.queries for r in rows)}"
+            f"mode: {mode}   stream: {stream}   estimator: {', '.join(estimators) or '-'}   "
+            f"queries scored: {max(r.queries for r in rows)}"
+            + (
+                f"   predict: {estimated[0].predict_us:.0f} us/prompt batched, "
+                f"{estimated[0].predict_us_single:.0f} us one at a time"
+                if estimated
+                else ""
+            )
         )
         header = "avg tokens " + "".join(f"{p:>16}" for p in policies)
         compare = "clear" in policies and "uniform" in policies
@@ -74,13 +82,13 @@ def write_plot(records: Sequence[BenchRecord], path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    for key in dict.fromkeys((r.mode, r.policy) for r in records):
-        rows = sorted((r for r in records if (r.mode, r.policy) == key), key=lambda r: r.avg_budget)
+    for key in dict.fromkeys((r.mode, r.stream, r.policy) for r in records):
+        rows = sorted((r for r in records if (r.mode, r.stream, r.policy) == key), key=lambda r: r.avg_budget)
         axes.plot(
             [r.tokens_spent for r in rows],
             [r.accuracy for r in rows],
             marker="o",
-            label=f"{key[1]} ({key[0]})",
+            label=f"{key[2]} ({key[0]}, {key[1]})",
         )
     axes.set_xlabel("tokens spent per query")
     axes.set_ylabel("mean accuracy")
