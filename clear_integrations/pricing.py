@@ -145,48 +145,58 @@ class ShadowPrice:
 
     def decide(self, curve: AccuracyCurve) -> PriceDecision:
         """Budget for one arriving query at the current price; then update the price and the spend."""
-        points = curve_points([curve], cap=self.max_tokens, granularity=self.granularity)
-        segments = upper_hull(points.budgets, points.values, points.valid)
-        budgets = points.budgets[0][points.valid[0]]
-        values = points.values[0][points.valid[0]]
         with self._lock:
-            state, target = self._accrue(self._state)
-            demand = np.asarray(state.demand) * self.decay
-            np.add.at(demand, _bin(segments.slope), segments.length)
-            weight = state.weight * self.decay + 1.0
-            supply = state.supply * self.decay + target
-            target_avg = supply / weight
-            saved = min(state.allowance - state.spent, self.window * target_avg)  # unspent target, capped
-            state = replace(state, allowance=state.spent + saved)
-            correction = min(5.0, max(-5.0, -self.step * saved / target_avg)) if target_avg > 0 else 0.0
-            price = _clearing_price(demand, supply) * math.exp(correction)
-            room = state.allowance + self.burst - state.spent
-            surplus = np.where(budgets <= room, values - price * budgets, -np.inf)
-            best = int(np.argmax(surplus))
-            funded = bool(surplus[best] > 0 and budgets[best] > 0)
-            budget = int(budgets[best]) if funded else 0
-            self._state = replace(
-                state,
-                demand=tuple(demand.tolist()),
-                weight=weight,
-                price=price,
-                spent=state.spent + budget,
-                queries=state.queries + 1,
-                supply=supply,
-            )
-        return PriceDecision(
-            budget=budget,
-            price=price,
-            expected_accuracy=float(values[best]) if funded else 0.0,
-            abandoned=not funded,
-            best_accuracy=float(values.max()),
-        )
+            decision, self._state = self.transition(self._state, curve)
+        return decision
 
     def refund(self, tokens: int) -> None:
         """Return granted tokens that were not used (a call that stopped before its cap)."""
         tokens = check_tokens("tokens", tokens)
         with self._lock:
             self._state = replace(self._state, spent=self._state.spent - tokens)
+
+    def transition(self, state: PriceState, curve: AccuracyCurve) -> tuple[PriceDecision, PriceState]:
+        """The pure transition behind :meth:`decide`: from ``state``, decide ``curve``; return the new state.
+
+        A ledger shares one pool's price between processes by loading the state, stepping, and storing the
+        result with compare-and-set.
+        """
+        points = curve_points([curve], cap=self.max_tokens, granularity=self.granularity)
+        segments = upper_hull(points.budgets, points.values, points.valid)
+        budgets = points.budgets[0][points.valid[0]]
+        values = points.values[0][points.valid[0]]
+        state, target = self._accrue(state)
+        demand = np.asarray(state.demand) * self.decay
+        np.add.at(demand, _bin(segments.slope), segments.length)
+        weight = state.weight * self.decay + 1.0
+        supply = state.supply * self.decay + target
+        target_avg = supply / weight
+        saved = min(state.allowance - state.spent, self.window * target_avg)  # unspent target, capped
+        state = replace(state, allowance=state.spent + saved)
+        correction = min(5.0, max(-5.0, -self.step * saved / target_avg)) if target_avg > 0 else 0.0
+        price = _clearing_price(demand, supply) * math.exp(correction)
+        room = state.allowance + self.burst - state.spent
+        surplus = np.where(budgets <= room, values - price * budgets, -np.inf)
+        best = int(np.argmax(surplus))
+        funded = bool(surplus[best] > 0 and budgets[best] > 0)
+        budget = int(budgets[best]) if funded else 0
+        new_state = replace(
+            state,
+            demand=tuple(demand.tolist()),
+            weight=weight,
+            price=price,
+            spent=state.spent + budget,
+            queries=state.queries + 1,
+            supply=supply,
+        )
+        decision = PriceDecision(
+            budget=budget,
+            price=price,
+            expected_accuracy=float(values[best]) if funded else 0.0,
+            abandoned=not funded,
+            best_accuracy=float(values.max()),
+        )
+        return decision, new_state
 
     def _accrue(self, state: PriceState) -> tuple[PriceState, float]:
         """Add this query's target to the allowance; return the new state and the target."""

@@ -140,3 +140,14 @@ def test_bursty_arrivals_on_a_time_target() -> None:
         clock.now = float(at)
         budgets.append(pacer.decide(curve).budget)
     assert curves.accuracy_at(np.array(budgets)).mean() >= 0.85 * allocate(curves, 48 * 500).expected_accuracy
+
+
+def test_transition_is_pure_so_a_ledger_can_share_the_state() -> None:
+    pacer = ShadowPrice(tokens_per_query=48)
+    curve = EmpiricalCurve(GRID, [0.0, 0.4, 0.8, 0.9])
+    start = PriceState.from_dict(pacer.state.to_dict())
+    first, after_first = pacer.transition(start, curve)
+    again, after_again = pacer.transition(start, curve)
+    assert (first, after_first) == (again, after_again)
+    assert pacer.state == start  # nothing stored
+    assert after_first.queries == 1 and after_first.spent == first.budget
