@@ -12,6 +12,7 @@ from .embedding_estimator import EmbeddingEstimator
 from .errors import (
     BudgetExceeded,
     ClearError,
+    ClearWarning,
     InvalidAccount,
     InvalidBudget,
     InvalidCurve,
@@ -37,6 +38,7 @@ __all__ = [
     "Allocator",
     "BudgetExceeded",
     "ClearError",
+    "ClearWarning",
     "CurveBatch",
     "EmbeddingEstimator",
     "EmpiricalCurve",

@@ -15,6 +15,9 @@ ClearError
     ├── UnknownReservation   no reservation has this id
     └── ReservationClosed    the reservation was already released or expired
 ```
+
+``ClearWarning`` (a ``UserWarning``) flags what works but may not do what the user expects, for example a model
+that exposes no completion-cap parameter.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 __all__ = [
     "BudgetExceeded",
     "ClearError",
+    "ClearWarning",
     "InvalidAccount",
     "InvalidBudget",
     "InvalidCurve",
@@ -41,6 +45,10 @@ __all__ = [
 
 class ClearError(Exception):
     """Base class of every error raised by clear-integrations."""
+
+
+class ClearWarning(UserWarning):
+    """Something works, but may not do what the user expects (for example a cap a model may ignore)."""
 
 
 class InvalidInput(ClearError, ValueError):
