@@ -6,6 +6,7 @@ ClearError
 │   ├── InvalidBudget        token amounts, budgets, windows
 │   ├── InvalidCurve         accuracy-at-budget points
 │   ├── InvalidAccount       tenant / session / pool identifiers
+│   ├── InvalidLedgerURL     a ledger URL with an unknown scheme or a malformed location
 │   └── InvalidUsage         usage reported by a provider or a caller
 ├── BudgetExceeded           a hard budget cannot grant the tokens asked for
 ├── QueryAbandoned           the policy decided that a query is not worth its tokens
@@ -33,6 +34,7 @@ __all__ = [
     "InvalidBudget",
     "InvalidCurve",
     "InvalidInput",
+    "InvalidLedgerURL",
     "InvalidUsage",
     "LedgerError",
     "LedgerUnavailable",
@@ -71,6 +73,10 @@ class InvalidCurve(InvalidInput):
 
 class InvalidAccount(InvalidInput):
     """A tenant, session or pool identifier is malformed."""
+
+
+class InvalidLedgerURL(InvalidInput):
+    """A ledger URL with an unknown scheme or a malformed location (``field`` is ``"url"``)."""
 
 
 class InvalidUsage(InvalidInput):

@@ -1,0 +1,135 @@
+"""Argument checks of the ledger API: user input in, clean values (or a named :class:`ClearError`) out.
+
+:class:`Ledger` and :class:`AsyncLedger` run these before any store is touched, so a refused call
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from ..errors import InvalidBudget, InvalidInput, InvalidUsage
+from ..validation import check_rate, check_tokens
+from .accounts import tenant_of_reservation
+from .model import MAX_TOKENS, Budget, Reservation, Usage
+
+__all__ = [
+    "MAX_LEASE",
+    "Charge",
+    "check_budget",
+    "check_lease",
+    "check_limit",
+    "check_request",
+    "check_up_to",
+    "check_version",
+    "encode_state",
+    "reservation_id",
+    "to_charge",
+    "to_since",
+]
+
+#: Longest lease accepted, in seconds (a year).
+MAX_LEASE = 366 * 86_400.0
+
+
+# ---------------------------------------------------------------- argument checks
+
+
+def check_request(value: Any, field: str = "tokens") -> int:
+    """A positive token amount for a reservation (>= 1, <= MAX_TOKENS)."""
+    if type(value) is int and 0 < value <= MAX_TOKENS:
+        return value
+    tokens = check_tokens(field, value, minimum=1)
+    if tokens > MAX_TOKENS:
+        raise InvalidBudget(field, value, f"must be <= {MAX_TOKENS}")
+    return tokens
+
+
+def check_up_to(tokens: Any, minimum: Any) -> tuple[int, int]:
+    """``(tokens, minimum)`` of a ``reserve_up_to``: both positive, ``minimum <= tokens``."""
+    amount = check_request(tokens)
+    least = check_request(minimum, "minimum")
+    if least > amount:
+        raise InvalidBudget("minimum", minimum, f"must be <= tokens ({amount})")
+    return amount, least
+
+
+def check_budget(value: Any, field: str = "budget") -> Budget:
+    """A :class:`Budget` instance (validated when it was built)."""
+    if not isinstance(value, Budget):
+        raise InvalidBudget(field, value, "must be a Budget")
+    return value
+
+
+def check_lease(value: Any, field: str = "lease") -> float:
+    """A lease length in seconds: finite, > 0 and at most a year."""
+    if type(value) is float and 0.0 < value <= MAX_LEASE:
+        return value
+    lease = check_rate(field, value, error=InvalidInput)
+    if not 0.0 < lease <= MAX_LEASE:
+        raise InvalidInput(field, value, "must be > 0 and at most one year (in seconds)")
+    return lease
+
+
+def check_limit(value: Any, field: str = "limit") -> int | None:
+    """None or a non-negative integer count."""
+    return None if value is None else check_tokens(field, value, error=InvalidInput)
+
+
+def check_version(value: Any, field: str = "expected_version") -> int:
+    """A state-slot version: an integer >= 0."""
+    return check_tokens(field, value, error=InvalidInput)
+
+
+class Charge(NamedTuple):
+    """What a commit charges: ``total`` against budgets, the rest recorded as details."""
+
+    total: int
+    prompt: int = 0
+    completion: int = 0
+    reasoning: int = 0
+    estimated: bool = False
+
+
+def to_charge(used: Any, field: str = "used") -> Charge:
+    """An int (total tokens charged) or a :class:`Usage` (charged ``prompt + completion``)."""
+    if type(used) is int and 0 <= used <= MAX_TOKENS:
+        return Charge(used)
+    if isinstance(used, Usage):
+        return Charge(used.total, used.prompt, used.completion, used.reasoning, used.estimated)
+    total = check_tokens(field, used, error=InvalidUsage)
+    if total > MAX_TOKENS:
+        raise InvalidUsage(field, used, f"must be <= {MAX_TOKENS}")
+    return Charge(total)
+
+
+def reservation_id(value: Any, field: str = "reservation") -> str:
+    """The id of a :class:`Reservation` or an id string; ids that name no tenant are unknown."""
+    rid = value.id if isinstance(value, Reservation) else value
+    if not isinstance(rid, str):
+        raise InvalidInput(field, value, "must be a Reservation or a reservation id string")
+    tenant_of_reservation(rid)
+    return rid
+
+
+def to_since(value: Any, field: str = "since") -> float | None:
+    """None, Unix seconds, or a datetime (a naive datetime is taken as UTC)."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return moment.timestamp()
+    return check_rate(field, value, minimum=-math.inf, error=InvalidInput)
+
+
+def encode_state(value: Any, field: str = "value") -> str:
+    """The JSON text of a state-slot value: a dict with string keys, JSON-serialisable, finite numbers."""
+    if not isinstance(value, dict):
+        raise InvalidInput(field, value, "must be a dict")
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"), sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(field, value, f"must be JSON-serialisable: {exc}") from None

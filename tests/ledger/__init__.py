@@ -1,0 +1,1 @@
+"""Tests of clear_integrations.ledger: one suite run on every backend."""
