@@ -80,6 +80,42 @@ def _bench_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import calibrate, load_generator
+    from .errors import ClearError
+    from .problems import gsm8k_sample, load_problems
+
+    try:
+        if args.problems == "gsm8k-sample":
+            problems = gsm8k_sample(args.limit)
+        else:
+            problems = load_problems(args.problems, kind=args.kind, limit=args.limit)
+        generator = load_generator(args.model, temperature=args.temperature, n_threads=args.threads)
+        print(f"calibrating {len(problems)} problems x {len(args.budgets)} budgets x {args.samples} samples")
+        curves = calibrate(
+            problems,
+            generator,
+            budgets=args.budgets,
+            samples=args.samples,
+            out=args.out,
+            progress=_progress if sys.stderr.isatty() else None,
+            resume=not args.restart,
+            seed=args.seed,
+            nested=not args.capped,
+        )
+    except ClearError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished problems are in {args.out}; rerun the same command to resume", file=sys.stderr)
+        return 130
+    mean = curves.curves.matrix.mean(axis=0)
+    print("budget   " + " ".join(f"{b:>6d}" for b in curves.curves.budgets.tolist()))
+    print("accuracy " + " ".join(f"{a:6.3f}" for a in mean.tolist()))
+    print(f"wrote {args.out} ({len(curves)} curves)")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clear-integrations",
@@ -120,11 +156,49 @@ def _parser() -> argparse.ArgumentParser:
     speed.add_argument("--sizes", type=_int_list, default=[10_000, 100_000])
     speed.add_argument("--repeats", type=int, default=3)
     speed.set_defaults(run=_bench_speed)
+
+    calib = commands.add_parser("calibrate", help="measure accuracy-at-budget curves of a model on a problem set")
+    calib.add_argument(
+        "--problems",
+        default="gsm8k-sample",
+        help="GSM8K or MATH-500 JSONL file, or 'gsm8k-sample' (20 shipped GSM8K test questions; default)",
+    )
+    calib.add_argument("--kind", choices=["gsm8k", "math"], help="problem format and grader (default: guessed)")
+    calib.add_argument("--limit", type=int, default=None, help="use only the first N problems")
+    calib.add_argument(
+        "--model",
+        default="local",
+        help="'local' (SmolLM2 via llama.cpp; default), a .gguf path, langchain:MODULE:ATTR or llama-index:MODULE:ATTR",
+    )
+    calib.add_argument(
+        "--budgets",
+        type=_int_list,
+        default=_int_list(DEFAULT_BUDGETS),
+        help=f"token budgets to measure (default {DEFAULT_BUDGETS})",
+    )
+    calib.add_argument("--samples", type=int, default=8, help="answers per problem and budget (default 8)")
+    calib.add_argument("--out", required=True, help="JSONL file to write (resumed if it exists)")
+    calib.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the local model")
+    calib.add_argument("--threads", type=int, default=2, help="llama.cpp threads for the local model (default 2)")
+    calib.add_argument("--seed", type=int, default=0, help="sample s uses seed SEED+s (default 0)")
+    calib.add_argument("--restart", action="store_true", help="overwrite --out instead of resuming")
+    calib.add_argument(
+        "--capped", action="store_true", help="one capped call per budget, even where one trace could be cut"
+    )
+    calib.set_defaults(run=_calibrate)
+
+    # Parsed by the ledger benchmark itself (see main()); listed here for --help.
+    commands.add_parser("bench-ledger", help="reserve+commit pairs per second on each ledger backend, side by side")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["bench-ledger"]:
+        from .bench.ledger_bench import main as ledger_main
+
+        return ledger_main(arguments[1:])
+    args = _parser().parse_args(arguments)
     code: int = args.run(args)
     return code
 
