@@ -16,10 +16,12 @@ only the ledger I/O differs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import anyio
 import numpy as np
 
 from .curves import AccuracyCurve
@@ -33,6 +35,8 @@ from .validation import check_rate, check_tokens
 __all__ = ["AsyncBudgetController", "BudgetController", "BudgetPolicy", "Decision"]
 
 _CAS_TRIES = 8
+_FIRST_DELAY = 0.002
+_MAX_DELAY = 0.1
 Action = Literal["allow", "cap", "abandon", "extend"]
 
 
@@ -77,6 +81,8 @@ class BudgetPolicy:
     - ``min_tokens``: a call that can be granted fewer completion tokens than this is abandoned instead.
     - ``reserve_tokens``: completion tokens held for a call that nothing caps; it is left uncapped while the
       budgets can hold that much, and capped to what they have left otherwise.
+    - ``wait``: seconds a call waits for tokens held by calls in flight to come back before it is abandoned
+      (0: abandon at once); a budget that is spent, not held, abandons at once.
     - ``pool`` names the shared price (default: one pool per tenant); ``lease`` is the reservation lease.
     """
 
@@ -89,12 +95,14 @@ class BudgetPolicy:
     granularity: int = 1
     pool: str | None = None
     lease: float = 300.0
+    wait: float = 30.0
 
     def __post_init__(self) -> None:
         check_tokens("min_tokens", self.min_tokens, minimum=1)
         check_tokens("granularity", self.granularity, minimum=1)
         check_tokens("reserve_tokens", self.reserve_tokens, minimum=1)
         check_rate("lease", self.lease)
+        check_rate("wait", self.wait)
         if self.max_tokens is not None:
             check_tokens("max_tokens", self.max_tokens, minimum=1)
 
@@ -221,9 +229,12 @@ class _Shared:
 class BudgetController(_Shared):
     """The pipeline on a synchronous :class:`~clear_integrations.ledger.Ledger`."""
 
-    def __init__(self, ledger: Ledger, policy: BudgetPolicy | None = None) -> None:
+    def __init__(
+        self, ledger: Ledger, policy: BudgetPolicy | None = None, *, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
         super().__init__(policy)
         self.ledger = ledger
+        self._sleep = sleep
 
     def _price(self, pool: str, curve: AccuracyCurve) -> PriceDecision:
         priced = None
@@ -252,15 +263,19 @@ class BudgetController(_Shared):
         if priced is not None and priced.abandoned:
             return _abandoned(scope, tokens, estimated, "no budget is worth its tokens at the price", priced)
         wanted = _wanted(self.policy, requested, priced)
-        try:
-            reservation = self.ledger.reserve_up_to(
-                scope,
-                tokens + (wanted if wanted is not None else self.policy.reserve_tokens),
-                minimum=tokens + self.policy.min_tokens,
-                lease=self.policy.lease,
-            )
-        except BudgetExceeded:
-            return _abandoned(scope, tokens, estimated, "the budget is exhausted", priced)
+        amount = tokens + (wanted if wanted is not None else self.policy.reserve_tokens)
+        deadline, delay = time.monotonic() + self.policy.wait, _FIRST_DELAY
+        while True:
+            try:
+                reservation = self.ledger.reserve_up_to(
+                    scope, amount, minimum=tokens + self.policy.min_tokens, lease=self.policy.lease
+                )
+                break
+            except BudgetExceeded as refused:
+                if time.monotonic() >= deadline or self.ledger.balance(refused.account).held == 0:
+                    return _abandoned(scope, tokens, estimated, "the budget is exhausted", priced)
+            self._sleep(delay)  # tokens held by calls in flight may come back: wait for them
+            delay = min(2 * delay, _MAX_DELAY)
         return _granted(scope, reservation, tokens, estimated, wanted, requested, priced, curve)
 
     def end(self, decision: Decision, usage: Usage) -> int:
@@ -320,15 +335,19 @@ class AsyncBudgetController(_Shared):
         if priced is not None and priced.abandoned:
             return _abandoned(scope, tokens, estimated, "no budget is worth its tokens at the price", priced)
         wanted = _wanted(self.policy, requested, priced)
-        try:
-            reservation = await self.ledger.reserve_up_to(
-                scope,
-                tokens + (wanted if wanted is not None else self.policy.reserve_tokens),
-                minimum=tokens + self.policy.min_tokens,
-                lease=self.policy.lease,
-            )
-        except BudgetExceeded:
-            return _abandoned(scope, tokens, estimated, "the budget is exhausted", priced)
+        amount = tokens + (wanted if wanted is not None else self.policy.reserve_tokens)
+        deadline, delay = time.monotonic() + self.policy.wait, _FIRST_DELAY
+        while True:
+            try:
+                reservation = await self.ledger.reserve_up_to(
+                    scope, amount, minimum=tokens + self.policy.min_tokens, lease=self.policy.lease
+                )
+                break
+            except BudgetExceeded as refused:
+                if time.monotonic() >= deadline or (await self.ledger.balance(refused.account)).held == 0:
+                    return _abandoned(scope, tokens, estimated, "the budget is exhausted", priced)
+            await anyio.sleep(delay)
+            delay = min(2 * delay, _MAX_DELAY)
         return _granted(scope, reservation, tokens, estimated, wanted, requested, priced, curve)
 
     async def end(self, decision: Decision, usage: Usage) -> int:

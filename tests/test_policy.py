@@ -148,3 +148,42 @@ async def test_async_twin_decides_the_same_way() -> None:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def test_a_call_waits_for_tokens_held_by_calls_in_flight(ledger: Ledger) -> None:
+    holder = ledger.reserve("acme/other", 1_000)
+    naps: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the call in flight finishes while we wait
+        naps.append(seconds)
+        ledger.commit(holder, 300)
+
+    control = BudgetController(ledger, BudgetPolicy(reserve_tokens=100), sleep=sleep)
+    decision = control.begin("acme/s", "q", prompt_tokens=5)
+    assert not decision.abandoned and len(naps) == 1
+    impatient = BudgetController(ledger, BudgetPolicy(wait=0.0))
+    ledger.reserve("acme/other", ledger.balance("acme").remaining)
+    assert impatient.begin("acme/s", "q", prompt_tokens=5).abandoned
+
+
+def test_many_concurrent_calls_share_a_small_budget_without_losing_any(ledger: Ledger) -> None:
+    ledger.set_budget("acme", Budget(tokens=50 * 45))  # room for 50 calls of 45 tokens
+    control = BudgetController(ledger, BudgetPolicy(reserve_tokens=40))
+    answered: list[int] = []
+    lock = threading.Lock()
+
+    def call() -> None:
+        decision = control.begin("acme", "q", prompt_tokens=5)
+        if not decision.abandoned:
+            control.end(decision, Usage(prompt=5, completion=40))
+            with lock:
+                answered.append(1)
+
+    threads = [threading.Thread(target=call) for _ in range(200)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    balance = ledger.balance("acme")
+    assert balance.held == 0 and balance.spent == 45 * len(answered) <= 50 * 45
+    assert len(answered) == 50  # every token of the budget bought an answer
