@@ -13,6 +13,8 @@ __all__ = ["check_probability", "check_rate", "check_tokens"]
 
 def check_tokens(field: str, value: Any, *, minimum: int = 0, error: type[InvalidInput] = InvalidBudget) -> int:
     """An integer token amount ``>= minimum``. Booleans, floats (even 5.0), NaN and inf are refused."""
+    if type(value) is int and value >= minimum:  # the common case, without the slower ABC checks
+        return value
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise error(field, value, "must be an integer number of tokens")
     tokens = int(value)

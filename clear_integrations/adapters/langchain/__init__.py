@@ -1,6 +1,12 @@
-"""LangChain adapter (langchain-core 1.8): provider cap mapping so far; ``ClearBudget``, the callback handler and
-the agent middleware build on it."""
+"""LangChain adapter (langchain-core 1.8).
+
+- :class:`ClearBudget` wraps any runnable: every chat model or LLM inside it is decided, capped in its provider's
+  own parameter and accounted for on the ledger (see :mod:`.runnable` for how the cap reaches nested models).
+- :func:`cap_model` puts a completion cap into one model (OpenAI, Anthropic, Ollama, llama.cpp, ...).
+"""
 
 from .caps import CAP_FIELDS, cap_model, current_cap
+from .proxy import BudgetedModel
+from .runnable import ClearBudget, budget_models
 
-__all__ = ["CAP_FIELDS", "cap_model", "current_cap"]
+__all__ = ["CAP_FIELDS", "BudgetedModel", "ClearBudget", "budget_models", "cap_model", "current_cap"]

@@ -1,0 +1,132 @@
+"""``ClearBudget``: wrap any LangChain runnable so that every model call inside it spends through the ledger.
+
+How the cap reaches a model nested inside a chain: LangChain hands per-call keywords only to the runnable invoked
+directly (``prompt | model | parser`` never passes ``max_tokens`` to the model). So at wrap time ``ClearBudget``
+walks the runnable tree (sequences, parallels, bindings such as ``bind_tools``, retries, fallbacks, branches,
+assigns, ...) and copies it with each chat model or LLM replaced by a
+:class:`~clear_integrations.adapters.langchain.proxy.BudgetedModel`, which decides each call and sets the cap in
+the provider's own parameter. The user's chain is not modified. Models the walk cannot see (created inside a
+``RunnableLambda``, for example) are not capped; the ``ClearCallbackHandler`` accounts for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+from langchain_core.language_models import BaseLanguageModel
+from langchain_core.runnables import Runnable, RunnableConfig
+from pydantic import BaseModel
+
+from ...estimate import Estimator
+from ...ledger import AsyncLedger, Ledger
+from ...policy import AsyncBudgetController, BudgetController, BudgetPolicy
+from .proxy import Abandon, BudgetedModel, Scope, Spender
+
+__all__ = ["ClearBudget", "budget_models"]
+
+
+def _walk(value: Any, spender: Spender) -> Any:
+    if isinstance(value, BaseLanguageModel):
+        return BudgetedModel(value, spender)
+    if isinstance(value, BudgetedModel):
+        return value
+    if isinstance(value, Runnable) and isinstance(value, BaseModel):
+        updates = {}
+        for name in type(value).model_fields:
+            child = getattr(value, name, None)
+            new = _walk(child, spender)
+            if new is not child:
+                updates[name] = new
+        return value.model_copy(update=updates) if updates else value
+    if isinstance(value, list | tuple):
+        items = [_walk(item, spender) for item in value]
+        if any(new is not old for new, old in zip(items, value, strict=True)):
+            return type(value)(items) if isinstance(value, tuple) else items
+        return value
+    if isinstance(value, Mapping):
+        mapped = {key: _walk(item, spender) for key, item in value.items()}
+        return mapped if any(mapped[k] is not value[k] for k in value) else value
+    return value
+
+
+def budget_models(runnable: Runnable[Any, Any], spender: Spender) -> Runnable[Any, Any]:
+    """A copy of ``runnable`` whose chat models and LLMs are budgeted proxies (the original is untouched)."""
+    walked: Runnable[Any, Any] = _walk(runnable, spender)
+    return walked
+
+
+class ClearBudget(Runnable[Any, Any]):
+    """Run ``runnable`` with every model call decided, capped and accounted for on ``ledger``.
+
+    ``tenant`` (and optionally ``session``) pay for the calls; a call's ``config["metadata"]`` may override them
+    with ``clear_tenant`` / ``clear_session``. ``policy`` decides (default: caps to what the budgets have left);
+    ``estimator`` is a shortcut for ``BudgetPolicy(estimator=...)``. ``on_abandon`` is what an abandoned query
+    returns: ``"message"`` (a fallback answer), ``"raise"`` (:class:`~clear_integrations.errors.QueryAbandoned`),
+    any other string (that answer), or a callable from the decision to the answer. ``async_ledger`` serves the
+    async paths without blocking the event loop (default: the sync ledger in a worker thread).
+    """
+
+    def __init__(
+        self,
+        runnable: Runnable[Any, Any],
+        *,
+        ledger: Ledger,
+        tenant: str,
+        session: str | None = None,
+        policy: BudgetPolicy | None = None,
+        estimator: Estimator | None = None,
+        on_abandon: Abandon = "message",
+        async_ledger: AsyncLedger | None = None,
+    ) -> None:
+        if policy is None:
+            policy = BudgetPolicy(estimator=estimator)
+        self.inner = runnable
+        self.ledger = ledger
+        self.policy = policy
+        self.spender = Spender(
+            sync=BudgetController(ledger, policy),
+            scope=Scope(tenant, session),
+            on_abandon=on_abandon,
+            asynchronous=None if async_ledger is None else AsyncBudgetController(async_ledger, policy),
+        )
+        self.bound = budget_models(runnable, self.spender)
+        self.name = f"ClearBudget[{runnable.get_name()}]"
+
+    @property
+    def InputType(self) -> Any:  # noqa: N802 - LangChain's name
+        return self.inner.InputType
+
+    @property
+    def OutputType(self) -> Any:  # noqa: N802 - LangChain's name
+        return self.inner.OutputType
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return self.bound.invoke(input, config, **kwargs)
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return await self.bound.ainvoke(input, config, **kwargs)
+
+    def batch(self, inputs: list[Any], config: Any = None, *, return_exceptions: bool = False, **kwargs: Any) -> Any:
+        return self.bound.batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+
+    async def abatch(
+        self, inputs: list[Any], config: Any = None, *, return_exceptions: bool = False, **kwargs: Any
+    ) -> Any:
+        return await self.bound.abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+
+    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
+        yield from self.bound.stream(input, config, **kwargs)
+
+    async def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AsyncIterator[Any]:
+        async for chunk in self.bound.astream(input, config, **kwargs):
+            yield chunk
+
+    def transform(self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
+        yield from self.bound.transform(input, config, **kwargs)
+
+    async def atransform(
+        self, input: AsyncIterator[Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        async for chunk in self.bound.atransform(input, config, **kwargs):
+            yield chunk

@@ -1,0 +1,149 @@
+"""ClearBudget on real LangChain chains: every model call inside is decided, capped and committed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import RunnableLambda, RunnableParallel
+
+from clear_integrations import Budget, BudgetPolicy, QueryAbandoned, open_async_ledger, open_ledger
+from clear_integrations.adapters.langchain.runnable import ClearBudget
+from clear_integrations.testing import MeteredFakeChatModel
+
+PROMPT = ChatPromptTemplate.from_template("{q}")
+
+
+def _spent_by_model(model: MeteredFakeChatModel) -> int:
+    return sum(call.prompt_tokens + call.output_tokens for call in model.calls)
+
+
+def test_contract_batch_holds_the_hard_budget() -> None:
+    ledger = open_ledger("memory://")
+    ledger.set_budget("acme", Budget(tokens=2_000))
+    model = MeteredFakeChatModel(response_tokens=400)
+    chain = ClearBudget(PROMPT | model | StrOutputParser(), ledger=ledger, tenant="acme")
+    outs = chain.batch([{"q": f"question {i}"} for i in range(20)])
+    balance = ledger.balance("acme")
+    assert balance.spent <= 2_000 and balance.held == 0
+    assert balance.spent == _spent_by_model(model)  # the ledger equals what the model produced
+    assert len(outs) == 20 and all(isinstance(o, str) for o in outs)
+
+
+def test_the_users_chain_is_not_modified_and_caps_reach_nested_models() -> None:
+    ledger = open_ledger("memory://")
+    ledger.set_budget("acme", Budget(tokens=100_000))
+    left, right = MeteredFakeChatModel(response_tokens=30), MeteredFakeChatModel(response_tokens=30)
+    inner = PROMPT | RunnableParallel(a=left.bind(stop=["never"]), b=right.with_retry()) | RunnableLambda(
+        lambda d: d["a"].content + d["b"].content
+    )
+    chain = ClearBudget(inner, ledger=ledger, tenant="acme", policy=BudgetPolicy(max_tokens=12))
+    chain.invoke({"q": "two branches"})
+    assert [c.cap for c in left.calls] == [12] and [c.cap for c in right.calls] == [12]
+    assert [c.output_tokens for c in left.calls + right.calls] == [12, 12]
+    inner.invoke({"q": "unwrapped"})  # the original chain still runs its models uncapped
+    assert left.calls[-1].cap is None and left.calls[-1].output_tokens == 30
+
+
+def test_abandoned_queries_return_the_fallback_or_raise() -> None:
+    ledger = open_ledger("memory://")
+    ledger.set_budget("acme", Budget(tokens=10))
+    model = MeteredFakeChatModel(response_tokens=5)
+    chain = PROMPT | model | StrOutputParser()
+    polite = ClearBudget(chain, ledger=ledger, tenant="acme", policy=BudgetPolicy(min_tokens=50, wait=0.0))
+    assert "budget" in polite.invoke({"q": "hello"})
+    strict = ClearBudget(chain, ledger=ledger, tenant="acme", policy=BudgetPolicy(min_tokens=50, wait=0.0),
+                         on_abandon="raise")
+    with pytest.raises(QueryAbandoned, match="exhausted"):
+        strict.invoke({"q": "hello"})
+    assert model.calls == []  # the model was never called
+
+
+def test_tenants_never_charge_each_other() -> None:
+    ledger = open_ledger("memory://")
+    for tenant in ("acme", "beta"):
+        ledger.set_budget(tenant, Budget(tokens=10_000))
+    model = MeteredFakeChatModel(response_tokens=50)
+    chain = PROMPT | model | StrOutputParser()
+    ClearBudget(chain, ledger=ledger, tenant="acme").batch([{"q": "a"}] * 3)
+    ClearBudget(chain, ledger=ledger, tenant="beta").invoke({"q": "b"})
+    shared = ClearBudget(chain, ledger=ledger, tenant="acme")
+    shared.invoke({"q": "c"}, config={"metadata": {"clear_tenant": "beta"}})
+    assert ledger.balance("acme").spent == 3 * (1 + 50)
+    assert ledger.balance("beta").spent == 2 * (1 + 50)
+
+
+def test_stream_yields_real_chunks_and_stops_at_the_cap() -> None:
+    ledger = open_ledger("memory://")
+    ledger.set_budget("acme", Budget(tokens=10_000))
+    model = MeteredFakeChatModel(response_tokens=40)
+    chain = ClearBudget(PROMPT | model | StrOutputParser(), ledger=ledger, tenant="acme",
+                        policy=BudgetPolicy(max_tokens=10))
+    chunks = list(chain.stream({"q": "stream me"}))
+    assert len(chunks) >= 10 and len("".join(chunks).split()) == 10
+    assert ledger.balance("acme").spent == 2 + 10 and ledger.balance("acme").held == 0
+
+
+def test_a_consumer_that_stops_early_pays_only_what_streamed() -> None:
+    ledger = open_ledger("memory://")
+    ledger.set_budget("acme", Budget(tokens=10_000))
+    model = MeteredFakeChatModel(response_tokens=40)
+    chain = ClearBudget(PROMPT | model, ledger=ledger, tenant="acme")
+    stream = chain.stream({"q": "stop early"})
+    for _ in range(3):
+        next(stream)
+    stream.close()
+    balance = ledger.balance("acme")
+    assert balance.held == 0 and 2 + 3 <= balance.spent <= 2 + 5
+
+
+def test_decision_is_visible_to_callbacks() -> None:
+    seen: list[dict[str, Any]] = []
+
+    class Spy(BaseCallbackHandler):
+        def on_chat_model_start(self, serialized: Any, messages: Any, **kwargs: Any) -> None:
+            seen.append(kwargs.get("metadata") or {})
+
+    ledger = open_ledger("memory://")
+    ledger.set_budget("acme", Budget(tokens=10_000))
+    chain = ClearBudget(PROMPT | MeteredFakeChatModel(response_tokens=5), ledger=ledger, tenant="acme",
+                        policy=BudgetPolicy(max_tokens=8))
+    chain.invoke({"q": "hi"}, config={"callbacks": [Spy()]})
+    assert seen and seen[0]["clear_action"] == "cap" and seen[0]["clear_max_tokens"] == 8
+
+
+@pytest.mark.anyio
+async def test_abatch_of_200_on_a_budget_for_50_loses_nothing() -> None:
+    ledger = open_ledger("memory://")
+    async_ledger = open_async_ledger("memory://")
+    await async_ledger.set_budget("acme", Budget(tokens=50 * 42))  # 50 answers of 1 + 41 tokens
+    model = MeteredFakeChatModel(response_tokens=41)
+    chain = ClearBudget(PROMPT | model | StrOutputParser(), ledger=ledger, tenant="acme",
+                        async_ledger=async_ledger, policy=BudgetPolicy(reserve_tokens=41))
+    outs = await chain.abatch([{"q": f"{i}"} for i in range(200)])
+    balance = await async_ledger.balance("acme")
+    assert balance.held == 0 and balance.spent <= 50 * 42
+    assert balance.spent == _spent_by_model(model)
+    answered = [o for o in outs if "budget" not in o]
+    assert len(answered) == len(model.calls) >= 50  # the last ones may get what is left, capped
+    assert balance.spent > 50 * 42 - 42  # the budget was used, not stranded in reservations
+
+
+@pytest.mark.anyio
+async def test_astream_and_ainvoke_without_an_async_ledger() -> None:
+    ledger = open_ledger("memory://")
+    ledger.set_budget("acme", Budget(tokens=10_000))
+    model = MeteredFakeChatModel(response_tokens=6)
+    chain = ClearBudget(PROMPT | model | StrOutputParser(), ledger=ledger, tenant="acme")
+    assert len((await chain.ainvoke({"q": "x"})).split()) == 6
+    chunks = [c async for c in chain.astream({"q": "y"})]
+    assert len("".join(chunks).split()) == 6
+    assert ledger.balance("acme").spent == 2 * (1 + 6)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
