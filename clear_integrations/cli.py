@@ -80,6 +80,13 @@ def _bench_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_overhead(args: argparse.Namespace) -> int:
+    from .bench.overhead import format_overhead, langchain_overhead
+
+    print(format_overhead([langchain_overhead(args.calls, latency=args.latency / 1000)]))
+    return 0
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from .calibrate import calibrate, load_generator
     from .errors import ClearError
@@ -156,6 +163,11 @@ def _parser() -> argparse.ArgumentParser:
     speed.add_argument("--sizes", type=_int_list, default=[10_000, 100_000])
     speed.add_argument("--repeats", type=int, default=3)
     speed.set_defaults(run=_bench_speed)
+
+    overhead = commands.add_parser("bench-overhead", help="what budgeting adds per call: wrapped vs bare chain")
+    overhead.add_argument("--calls", type=int, default=1000, help="invokes of each chain (default 1000)")
+    overhead.add_argument("--latency", type=float, default=1.0, help="the fake model's latency in ms (default 1)")
+    overhead.set_defaults(run=_bench_overhead)
 
     calib = commands.add_parser("calibrate", help="measure accuracy-at-budget curves of a model on a problem set")
     calib.add_argument(
