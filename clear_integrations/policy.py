@@ -111,10 +111,11 @@ class BudgetPolicy:
         return self.estimator is not None and (self.tokens_per_query is not None or self.tokens_per_second is not None)
 
     def pacer(self) -> ShadowPrice:
+        """The pool's pricing. It sees each query's whole curve: ``max_tokens`` caps one call, not the query's
+        budget, which a cut answer may reach through continuations (:meth:`BudgetController.extend`)."""
         return ShadowPrice(
             tokens_per_query=self.tokens_per_query,
             tokens_per_second=self.tokens_per_second,
-            max_tokens=self.max_tokens,
             granularity=self.granularity,
         )
 

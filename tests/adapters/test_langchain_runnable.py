@@ -147,3 +147,38 @@ async def test_astream_and_ainvoke_without_an_async_ledger() -> None:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+class _RisingEstimator:
+    """Every prompt's curve keeps rising steeply to 64 tokens, then flattens."""
+
+    name = "rising"
+
+    def fit(self, prompts: Any, curves: Any, meta: Any = None) -> _RisingEstimator:
+        return self
+
+    def predict(self, prompts: Any, meta: Any = None) -> Any:
+        from clear_integrations import CurveBatch
+
+        return CurveBatch([16, 32, 64, 128], [[0.1, 0.4, 0.9, 0.91]] * len(prompts))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {}
+
+
+def test_a_cut_answer_is_extended_while_tokens_beat_the_price() -> None:
+    ledger = open_ledger("memory://")
+    ledger.set_budget("acme", Budget(tokens=100_000))
+    model = MeteredFakeChatModel(response_tokens=100)
+    policy = BudgetPolicy(estimator=_RisingEstimator(), tokens_per_query=64, max_tokens=32)
+    chain = ClearBudget(PROMPT | model, ledger=ledger, tenant="acme", policy=policy)
+    answer = chain.invoke({"q": "extend me"})
+    assert [c.cap for c in model.calls] == [32, 32]  # cut at 32, continued to the curve's next point (64)
+    assert len(answer.text.split()) == 64
+    assert answer.usage_metadata is not None and answer.usage_metadata["output_tokens"] == 64
+    assert ledger.balance("acme").spent == _spent_by_model(model) and ledger.balance("acme").held == 0
+    flat = ClearBudget(PROMPT | model, ledger=ledger, tenant="acme",
+                       policy=BudgetPolicy(estimator=_RisingEstimator(), tokens_per_query=64, max_tokens=64))
+    model.reset()
+    flat.invoke({"q": "no extension past the knee"})
+    assert [c.cap for c in model.calls] == [64]

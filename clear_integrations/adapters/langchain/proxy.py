@@ -2,7 +2,10 @@
 
 Each call: decide (the controller estimates the curve, prices it, reserves the prompt plus the cap on the tenant
 and the session), then call a copy of the model capped in its provider's own parameter, then commit the real usage
-(or release everything on error). An abandoned query never reaches the model: it gets the fallback answer, or
+(or release everything on error). A chat answer cut at its cap (``finish_reason`` ``length``) is continued, on
+``invoke``, while the policy says the next tokens are still worth their price and the ledger has them: the cut
+answer and a "continue" turn go back to the model, and the continuation is reserved and committed too.
+An abandoned query never reaches the model: it gets the fallback answer, or
 :class:`~clear_integrations.errors.QueryAbandoned`. Streams are cut when they reach their cap, even from a model
 that ignored it, and what was streamed is committed. The decision is in the model run's metadata (``clear_*``
 keys), so callbacks and tracers see it, and in the fallback message's ``response_metadata``.
@@ -15,7 +18,16 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel, BaseLanguageModel, LanguageModelInput
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessageChunk, convert_to_messages, get_buffer_string
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    BaseMessageChunk,
+    HumanMessage,
+    convert_to_messages,
+    get_buffer_string,
+)
+from langchain_core.messages.ai import add_usage
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import ensure_config
@@ -30,6 +42,7 @@ __all__ = ["Abandon", "BudgetedModel", "Scope", "Spender"]
 
 Abandon = Literal["message", "raise"] | str | Callable[[Decision], Any]
 DEFAULT_FALLBACK = "I can't answer this within the token budget."
+CONTINUE = "Continue exactly where you stopped."
 
 
 @dataclass(frozen=True)
@@ -136,7 +149,39 @@ class BudgetedModel(Runnable[LanguageModelInput, Any]):
         except BaseException:
             control.fail(decision)
             raise
-        control.end(decision, self._commit_usage(output, decision))
+        usage = self._commit_usage(output, decision)
+        control.end(decision, usage)
+        return self._extend(input, config, rest, decision, output, usage.completion)
+
+    def _extend(
+        self,
+        value: LanguageModelInput,
+        config: RunnableConfig,
+        rest: dict[str, Any],
+        decision: Decision,
+        output: Any,
+        used: int,
+    ) -> Any:
+        """Continue a chat answer cut at its cap while the next tokens still beat the price (each continuation is
+        decided, reserved and committed like a call of its own); returns the answers joined."""
+        control = self.spender.sync
+        while self._chat and isinstance(output, AIMessage) and _finish_reason(output) == "length":
+            partial = output.text
+            prompt = [*_messages(value), AIMessage(content=partial), HumanMessage(content=CONTINUE)]
+            _, prompt_tokens, _ = self._prompt(prompt)
+            extension = control.extend(decision, used=used, prompt_tokens=prompt_tokens)
+            if extension is None or extension.max_tokens is None:
+                break
+            try:
+                more = self._target(extension).invoke(prompt, _with_decision(config, extension), **rest)
+            except BaseException:
+                control.fail(extension)
+                raise
+            usage = self._commit_usage(more, extension)
+            control.end(extension, usage)
+            used += usage.completion
+            output = _joined(output, more)
+            decision = extension
         return output
 
     async def ainvoke(self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
@@ -228,6 +273,32 @@ class BudgetedModel(Runnable[LanguageModelInput, Any]):
         if isinstance(answer, AIMessage):
             return AIMessageChunk(content=answer.content, response_metadata=answer.response_metadata)
         return answer
+
+
+def _finish_reason(message: AIMessage) -> str | None:
+    reason = message.response_metadata.get("finish_reason") or message.response_metadata.get("stop_reason")
+    return "length" if reason in ("length", "max_tokens") else reason
+
+
+def _messages(value: LanguageModelInput) -> list[BaseMessage]:
+    if isinstance(value, PromptValue):
+        return value.to_messages()
+    if isinstance(value, str):
+        return [HumanMessage(content=value)]
+    return convert_to_messages(value)
+
+
+def _joined(first: AIMessage, second: Any) -> AIMessage:
+    """One answer from a cut answer and its continuation: texts joined, usage added, the last finish reason."""
+    usage = first.usage_metadata
+    if usage is not None and getattr(second, "usage_metadata", None) is not None:
+        usage = add_usage(usage, second.usage_metadata)
+    return AIMessage(
+        content=first.text + " " + second.text,
+        usage_metadata=usage,
+        response_metadata={**first.response_metadata, **second.response_metadata},
+        id=first.id,
+    )
 
 
 def _prompt_text(value: LanguageModelInput) -> str:
