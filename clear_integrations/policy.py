@@ -273,7 +273,10 @@ class BudgetController(_Shared):
                 )
                 break
             except BudgetExceeded as refused:
-                if time.monotonic() >= deadline or self.ledger.balance(refused.account).held == 0:
+                balance = self.ledger.balance(refused.account)
+                if balance.remaining >= tokens + self.policy.min_tokens:
+                    continue  # calls in flight finished since the refusal: try again at once
+                if time.monotonic() >= deadline or balance.held == 0:
                     return _abandoned(scope, tokens, estimated, "the budget is exhausted", priced)
             self._sleep(delay)  # tokens held by calls in flight may come back: wait for them
             delay = min(2 * delay, _MAX_DELAY)
@@ -345,7 +348,10 @@ class AsyncBudgetController(_Shared):
                 )
                 break
             except BudgetExceeded as refused:
-                if time.monotonic() >= deadline or (await self.ledger.balance(refused.account)).held == 0:
+                balance = await self.ledger.balance(refused.account)
+                if balance.remaining >= tokens + self.policy.min_tokens:
+                    continue
+                if time.monotonic() >= deadline or balance.held == 0:
                     return _abandoned(scope, tokens, estimated, "the budget is exhausted", priced)
             await anyio.sleep(delay)
             delay = min(2 * delay, _MAX_DELAY)
