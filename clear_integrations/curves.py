@@ -85,6 +85,23 @@ def _check_points(budgets: ArrayLike, accuracy: ArrayLike) -> tuple[NDArray[np.i
     return b, raw_a
 
 
+def _frozen_points(
+    budgets: ArrayLike, accuracy: ArrayLike, smooth: bool, interpolation: str, *, ndim: int
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """Checked, optionally smoothed, read-only points: one curve (``ndim=1``) or a matrix of curves (2)."""
+    if interpolation not in ("step", "linear"):
+        raise InvalidCurve("interpolation", interpolation, "must be 'step' or 'linear'")
+    b, a = _check_points(budgets, accuracy)
+    if a.ndim != ndim:
+        shape = "1-d" if ndim == 1 else "a 2-d matrix (queries x budgets)"
+        raise InvalidCurve("accuracy", f"array of shape {a.shape}", f"must be {shape}")
+    if smooth and a.size:
+        a = isotonic(a) if ndim == 1 else np.vstack([isotonic(row) for row in a])
+    b.setflags(write=False)
+    a.setflags(write=False)
+    return b, a
+
+
 def _lookup(
     grid: NDArray[np.int64],
     values: NDArray[np.float64],
@@ -118,15 +135,7 @@ class EmpiricalCurve:
         smooth: bool = False,
         interpolation: Interpolation = "step",
     ) -> None:
-        if interpolation not in ("step", "linear"):
-            raise InvalidCurve("interpolation", interpolation, "must be 'step' or 'linear'")
-        b, a = _check_points(budgets, accuracy)
-        if a.ndim != 1:
-            raise InvalidCurve("accuracy", accuracy, "must be 1-d")
-        if smooth:
-            a = isotonic(a)
-        b.setflags(write=False)
-        a.setflags(write=False)
+        b, a = _frozen_points(budgets, accuracy, smooth, interpolation, ndim=1)
         self._budgets = b
         self._accuracy = a
         self.interpolation: Interpolation = interpolation
@@ -197,15 +206,7 @@ class CurveBatch(Sequence[EmpiricalCurve]):
         smooth: bool = False,
         interpolation: Interpolation = "step",
     ) -> None:
-        if interpolation not in ("step", "linear"):
-            raise InvalidCurve("interpolation", interpolation, "must be 'step' or 'linear'")
-        b, a = _check_points(budgets, accuracy)
-        if a.ndim != 2:
-            raise InvalidCurve("accuracy", f"array of shape {a.shape}", "must be a 2-d matrix (queries x budgets)")
-        if smooth:
-            a = np.vstack([isotonic(row) for row in a]) if len(a) else a
-        b.setflags(write=False)
-        a.setflags(write=False)
+        b, a = _frozen_points(budgets, accuracy, smooth, interpolation, ndim=2)
         self.budgets = b
         self.matrix = a
         self.interpolation: Interpolation = interpolation
