@@ -2,11 +2,21 @@
 
 - :class:`ClearBudget` wraps any runnable: every chat model or LLM inside it is decided, capped in its provider's
   own parameter and accounted for on the ledger (see :mod:`.runnable` for how the cap reaches nested models).
+- :class:`ClearCallbackHandler` accounts for every model call of any chain or agent, from callbacks only.
 - :func:`cap_model` puts a completion cap into one model (OpenAI, Anthropic, Ollama, llama.cpp, ...).
 """
 
+from .callback import ClearCallbackHandler
 from .caps import CAP_FIELDS, cap_model, current_cap
 from .proxy import BudgetedModel
 from .runnable import ClearBudget, budget_models
 
-__all__ = ["CAP_FIELDS", "BudgetedModel", "ClearBudget", "budget_models", "cap_model", "current_cap"]
+__all__ = [
+    "CAP_FIELDS",
+    "BudgetedModel",
+    "ClearBudget",
+    "ClearCallbackHandler",
+    "budget_models",
+    "cap_model",
+    "current_cap",
+]

@@ -9,34 +9,30 @@ chain.invoke(x, config={"callbacks": [ClearCallbackHandler(ledger, tenant="acme"
 ledger.usage("acme")            # prompt, completion, reasoning, calls, estimated_calls
 ```
 
-Each LLM or chat-model run is accounted on ``tenant`` (or ``tenant/session``; a run's ``metadata`` keys
-``clear_tenant`` / ``clear_session`` override them, and child runs inherit metadata):
+Each LLM or chat-model run is charged to ``tenant`` (or ``tenant/session``); a run's ``metadata`` keys
+``clear_tenant`` / ``clear_session`` override them, and child runs inherit metadata.
 
-* **start**: reserve the prompt (counted offline; bound tool schemas included) plus the call's cap
-  (``ls_max_tokens``, a ``max_tokens``-like invocation parameter, else ``reserve_tokens``) with
-  ``reserve_up_to``, so a nearly spent budget still reserves what it has left. When nothing is left,
-  ``raise_on_exhausted=True`` raises :class:`~clear_integrations.errors.BudgetExceeded` before the provider is
-  called (the handler then sets ``raise_error``, so LangChain propagates it on sync and async paths; nothing was
-  reserved, so nothing needs releasing). Otherwise the run goes ahead *unreserved* and is charged at its end.
-* **end**: commit the provider's usage summed over every generation (``usage_metadata``; one response's usage
-  repeated on each of its ``n`` choices, as ChatOpenAI reports ``n > 1``, is counted once), else
-  ``llm_output["token_usage"]``, else an offline estimate (prompt counted at start + completion text, or the
-  streamed tokens) committed with ``estimated=True``. A cache hit (``total_cost == 0``) is released: it costs
-  nothing. Reasoning tokens come from ``output_token_details["reasoning"]``.
-* **error**: a stream that ended early (``GeneratorExit`` when the consumer stops reading, or a failure
-  mid-stream) carries its partial generations: the provider charged them, so an estimate is committed.
-  Any other failure releases the reservation.
+* **start**: reserve (``reserve_up_to``: a nearly spent budget grants what it has left) the prompt, counted
+  offline with bound tool schemas, plus the cap (``ls_max_tokens``, a ``max_tokens``-like invocation parameter,
+  else ``reserve_tokens``). With nothing left, ``raise_on_exhausted=True`` raises ``BudgetExceeded`` before the
+  provider is called (``raise_error`` is then set, so it propagates on sync and async paths); runs of the same
+  model call started before it get no end event and are released here. Otherwise the run goes on unreserved.
+* **end**: commit the provider's usage summed over all generations (``usage_metadata``; one response's usage
+  repeated on its ``n`` choices, as ChatOpenAI reports ``n > 1``, counts once), else ``llm_output["token_usage"]``,
+  else an estimate (prompt counted at start + completion text or streamed tokens) with ``estimated=True``.
+  Reasoning tokens come from ``output_token_details["reasoning"]``. A cache hit (``total_cost == 0``) is released.
+* **error**: a stream that stopped early (``GeneratorExit`` when its consumer stops reading, or a failure
+  mid-stream) hands over its partial generations: the provider charged them, so an estimate is committed.
+  Other failures release.
 
-Unreserved runs are charged through a reservation made at their end (``reserve_up_to`` of the usage, at least
-1 token; a commit charges usage beyond its reservation in full). When a hard budget has not even 1 token left the
-ledger offers no way to record the usage, so it is kept in :meth:`ClearCallbackHandler.totals` (``unbilled``) with
-a :class:`~clear_integrations.errors.ClearWarning`, and retried after every later settlement and by :meth:`flush`.
-Usage is never dropped silently.
+An unreserved run is charged at its end through a reservation of up to its usage (a commit charges usage beyond
+its reservation in full). A hard budget with not even 1 token left cannot record it: it is kept as ``unbilled`` in
+:meth:`~ClearCallbackHandler.totals` with a ``ClearWarning`` and retried after each later run and by ``flush()``.
 
-Runs tagged ``clear:budgeted`` are skipped: ``ClearBudget``'s model proxies account for those already. The handler
-is synchronous with ``run_inline = True``: on async paths LangChain calls it on the event loop (no executor
-thread), so a ``sqlite://`` or ``redis://`` ledger blocks the loop for one round trip per event. State is keyed by
-``run_id`` under a lock; nothing global is registered, at import or per use.
+Runs tagged ``clear:budgeted`` are skipped (``ClearBudget``'s proxies account for them). ``run_inline = True``: on
+async paths LangChain calls this sync handler on the event loop, not in an executor thread, so a ``sqlite://`` or
+``redis://`` ledger blocks the loop one round trip per event. State is keyed by ``run_id`` under a lock; nothing
+global is registered, at import or per use.
 """
 
 from __future__ import annotations
@@ -44,7 +40,7 @@ from __future__ import annotations
 import json
 import threading
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -85,13 +81,19 @@ class CallbackTotals:
     in_flight: int = 0
 
 
+_UNBILLED = "usage kept unbilled (see totals()): the budget has no token left to reserve; flush() after raising it"
+_COUNTED = ("calls", "prompt", "completion", "reasoning", "estimated_calls", "cache_hits", "released", "unreserved")
+
+
 @dataclass(slots=True)
 class _Run:
     scope: str
     reservation: Reservation | None
     prompt: int
     model: str | None
+    call: object  # the ``invocation_params`` dict: one object per model call, shared by the runs of a batch
     streamed: int = 0
+    paid_by_sibling: bool = False  # an earlier run of the call reported the whole call's ``token_usage``
 
 
 def _count(text: str, model: str | None) -> int:
@@ -124,8 +126,7 @@ def _from_llm_output(llm_output: Mapping[str, Any] | None) -> Usage | None:
     return Usage(prompt, completion, min(int(reasoning), completion))
 
 
-def _add(usages: Iterable[Usage], estimated: bool = False) -> Usage:
-    parts = list(usages)
+def _add(parts: Sequence[Usage], estimated: bool = False) -> Usage:
     return Usage(
         sum(u.prompt for u in parts), sum(u.completion for u in parts), sum(u.reasoning for u in parts),
         estimated or any(u.estimated for u in parts),
@@ -163,7 +164,7 @@ class ClearCallbackHandler(BaseCallbackHandler):
         self._lock = threading.Lock()
         self._runs: dict[UUID, _Run] = {}
         self._unbilled: list[tuple[str, Usage]] = []
-        self._totals = CallbackTotals()
+        self._counts = dict.fromkeys(_COUNTED, 0)
 
     # -- LangChain events ----------------------------------------------------------------------------------------
 
@@ -180,8 +181,6 @@ class ClearCallbackHandler(BaseCallbackHandler):
         self._start("\n".join(prompts), run_id, tags, metadata, kwargs)
 
     def on_llm_new_token(self, token: str | list[str | dict[str, Any]], *, run_id: UUID, **kwargs: Any) -> None:
-        if run_id not in self._runs:
-            return
         with self._lock:
             run = self._runs.get(run_id)
         if run is not None:
@@ -192,7 +191,7 @@ class ClearCallbackHandler(BaseCallbackHandler):
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         run = self._pop(run_id)
         if run is not None:
-            self._settle(run, self._usage(response, run))
+            self._settle(run, self._usage(response, run), cached=any(response.generations))
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         run = self._pop(run_id)
@@ -215,11 +214,8 @@ class ClearCallbackHandler(BaseCallbackHandler):
     def totals(self) -> CallbackTotals:
         """A snapshot of what this handler settled (the ledger's ``usage(account)`` has every process's)."""
         with self._lock:
-            t = self._totals
-            return CallbackTotals(
-                t.calls, t.prompt, t.completion, t.reasoning, t.estimated_calls, t.cache_hits, t.released,
-                t.unreserved, sum(u.total for _, u in self._unbilled), len(self._runs),
-            )  # fmt: skip
+            unbilled = sum(usage.total for _, usage in self._unbilled)
+            return CallbackTotals(**self._counts, unbilled=unbilled, in_flight=len(self._runs))
 
     def flush(self) -> int:
         """Try again to record unbilled usage (e.g. after a budget was raised); returns how many runs remain."""
@@ -261,12 +257,21 @@ class ClearCallbackHandler(BaseCallbackHandler):
             reservation: Reservation | None = self.ledger.reserve_up_to(scope, prompt + cap, lease=self.lease)
         except BudgetExceeded:
             if self.raise_on_exhausted:
+                self._abandon_batch(params)
                 raise
             reservation = None
         with self._lock:
-            self._runs[run_id] = _Run(scope, reservation, prompt, model)
-            if reservation is None:
-                self._totals = _bump(self._totals, unreserved=1)
+            self._runs[run_id] = _Run(scope, reservation, prompt, model, params)
+            self._counts["unreserved"] += reservation is None
+
+    def _abandon_batch(self, call: object) -> None:
+        """Release the runs of the same model call (``llm.batch`` of prompts) started before a refused one:
+        LangChain stops that call before the provider is reached and sends them no end or error event."""
+        with self._lock:
+            doomed = [run_id for run_id, run in self._runs.items() if call and run.call is call]
+            runs = [self._runs.pop(run_id) for run_id in doomed]
+        for run in runs:
+            self._settle(run, None)
 
     def _pop(self, run_id: UUID) -> _Run | None:
         with self._lock:
@@ -276,54 +281,51 @@ class ClearCallbackHandler(BaseCallbackHandler):
         """The run's usage, or None when every generation is a cache hit (or there is none)."""
         reported: list[Usage] = []
         silent: list[str] = []
-        generations = [g for gens in response.generations for g in gens]
-        for gens in response.generations:
-            seen: list[Any] = []
-            for generation in gens:
-                metadata = getattr(getattr(generation, "message", None), "usage_metadata", None)
-                if is_cache_hit(getattr(generation, "message", None)):
+        for generations in response.generations:
+            seen: list[Any] = []  # one response's usage repeated on each of its choices counts once
+            for generation in generations:
+                message = getattr(generation, "message", None)
+                metadata = getattr(message, "usage_metadata", None)
+                if is_cache_hit(message) or metadata in seen:
                     continue
                 if isinstance(metadata, Mapping) and metadata.get("output_tokens") is not None:
-                    if metadata not in seen:  # one response's usage repeated on each choice
-                        seen.append(metadata)
-                        reported.append(_reported(metadata))
+                    seen.append(metadata)
+                    reported.append(_reported(metadata))
                 else:
                     silent.append(_text(generation))
         if not reported and not silent:
-            return None if generations or not run.streamed else Usage(run.prompt, run.streamed, estimated=True)
+            has_output = any(response.generations) or not run.streamed
+            return None if has_output else Usage(run.prompt, run.streamed, estimated=True)
         if not silent:
             return _add(reported)
         completion = sum(_count(text, run.model) for text in silent)
         if reported:
             return _add([*reported, Usage(0, completion)], estimated=True)
-        return _from_llm_output(response.llm_output) or Usage(run.prompt, completion or run.streamed, estimated=True)
+        aggregate = _from_llm_output(response.llm_output)
+        if aggregate is not None:  # a text LLM's batch: the first run's result carries the whole call's usage
+            with self._lock:
+                for other in self._runs.values():
+                    other.paid_by_sibling |= other.call is run.call and bool(run.call)
+            return aggregate
+        if run.paid_by_sibling and (response.llm_output or {}).get("token_usage") == {}:
+            return Usage()
+        return Usage(run.prompt, completion or run.streamed, estimated=True)
 
-    def _settle(self, run: _Run, usage: Usage | None) -> None:
+    def _settle(self, run: _Run, usage: Usage | None, *, cached: bool = False) -> None:
+        """Commit ``usage``; None releases the run (a cache hit when ``cached``)."""
         if usage is None:
             if run.reservation is not None:
                 self.ledger.release(run.reservation)
             with self._lock:
-                self._totals = _bump(self._totals, released=1)
+                self._counts["cache_hits" if cached else "released"] += 1
         else:
             if run.reservation is not None:
                 self.ledger.commit(run.reservation, usage)
-            else:
-                with self._lock:
-                    self._unbilled.append((run.scope, usage))
             with self._lock:
-                self._totals = _bump(
-                    self._totals, calls=1, prompt=usage.prompt, completion=usage.completion,
-                    reasoning=usage.reasoning, estimated_calls=int(usage.estimated),
-                )  # fmt: skip
+                if run.reservation is None:
+                    self._unbilled.append((run.scope, usage))
+                delta = (1, usage.prompt, usage.completion, usage.reasoning, usage.estimated)
+                for name, value in zip(_COUNTED, delta, strict=False):
+                    self._counts[name] += value
         if self._unbilled and self.flush():
-            warnings.warn(
-                "ClearCallbackHandler: usage kept unbilled (see totals()): the budget has no token left to reserve; "
-                "call flush() after raising it",
-                ClearWarning,
-                stacklevel=2,
-            )
-
-
-def _bump(totals: CallbackTotals, **delta: int) -> CallbackTotals:
-    values = {name: getattr(totals, name) + delta.get(name, 0) for name in CallbackTotals.__slots__}
-    return CallbackTotals(**values)
+            warnings.warn(_UNBILLED, ClearWarning, stacklevel=2)
