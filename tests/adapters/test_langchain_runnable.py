@@ -182,3 +182,49 @@ def test_a_cut_answer_is_extended_while_tokens_beat_the_price() -> None:
     model.reset()
     flat.invoke({"q": "no extension past the knee"})
     assert [c.cap for c in model.calls] == [64]
+
+
+def test_models_the_walk_cannot_see_are_still_accounted_for() -> None:
+    ledger = open_ledger("memory://")
+    ledger.set_budget("acme", Budget(tokens=10_000))
+    hidden = MeteredFakeChatModel(response_tokens=30)
+    visible = MeteredFakeChatModel(response_tokens=30)
+    inner = PROMPT | visible | RunnableLambda(lambda message: hidden.invoke("hidden question " + message.text[:5]))
+    chain = ClearBudget(inner, ledger=ledger, tenant="acme", policy=BudgetPolicy(max_tokens=10))
+    chain.invoke({"q": "hi"})
+    assert [c.cap for c in visible.calls] == [10] and [c.cap for c in hidden.calls] == [None]
+    assert ledger.balance("acme").spent == _spent_by_model(visible) + _spent_by_model(hidden)
+    assert ledger.balance("acme").held == 0
+
+
+def test_langgraph_nodes_are_accounted_for() -> None:
+    from langgraph.graph import END, START, MessagesState, StateGraph
+
+    ledger = open_ledger("memory://")
+    ledger.set_budget("acme", Budget(tokens=10_000))
+    model = MeteredFakeChatModel(response_tokens=12)
+
+    def node(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [model.invoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("answer", node)
+    graph.add_edge(START, "answer")
+    graph.add_edge("answer", END)
+    chain = ClearBudget(graph.compile(), ledger=ledger, tenant="acme")
+    chain.invoke({"messages": [("user", "one two three")]})
+    assert ledger.balance("acme").spent == _spent_by_model(model) == 3 + 12
+
+
+@pytest.mark.anyio
+async def test_astream_events_sees_the_real_model_run() -> None:
+    ledger = open_ledger("memory://")
+    ledger.set_budget("acme", Budget(tokens=10_000))
+    chain = ClearBudget(PROMPT | MeteredFakeChatModel(response_tokens=5) | StrOutputParser(), ledger=ledger,
+                        tenant="acme", policy=BudgetPolicy(max_tokens=4))
+    events = [e async for e in chain.astream_events({"q": "events"}, version="v2")]
+    streamed = [e for e in events if e["event"] == "on_chat_model_stream"]
+    assert len(streamed) >= 4
+    start = next(e for e in events if e["event"] == "on_chat_model_start")
+    assert start["metadata"]["clear_max_tokens"] == 4
+    assert ledger.balance("acme").spent == 1 + 4

@@ -5,8 +5,10 @@ directly (``prompt | model | parser`` never passes ``max_tokens`` to the model).
 walks the runnable tree (sequences, parallels, bindings such as ``bind_tools``, retries, fallbacks, branches,
 assigns, ...) and copies it with each chat model or LLM replaced by a
 :class:`~clear_integrations.adapters.langchain.proxy.BudgetedModel`, which decides each call and sets the cap in
-the provider's own parameter. The user's chain is not modified. Models the walk cannot see (created inside a
-``RunnableLambda``, for example) are not capped; the ``ClearCallbackHandler`` accounts for them.
+the provider's own parameter. The user's chain is not modified. Models the walk cannot see (called inside a
+``RunnableLambda`` or a LangGraph node, for example) cannot be capped, but they are still accounted for: every
+call through ``ClearBudget`` carries a :class:`~clear_integrations.adapters.langchain.callback.ClearCallbackHandler`
+for the same tenant, which skips the calls the proxies already handled (tagged ``clear:budgeted``).
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from typing import Any
 
 from langchain_core.language_models import BaseLanguageModel
 from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import merge_configs
 from pydantic import BaseModel
 
 from ...estimate import Estimator
 from ...ledger import AsyncLedger, Ledger
 from ...policy import AsyncBudgetController, BudgetController, BudgetPolicy
+from .callback import ClearCallbackHandler
 from .proxy import Abandon, BudgetedModel, Scope, Spender
 
 __all__ = ["ClearBudget", "budget_models"]
@@ -91,7 +95,14 @@ class ClearBudget(Runnable[Any, Any]):
             asynchronous=None if async_ledger is None else AsyncBudgetController(async_ledger, policy),
         )
         self.bound = budget_models(runnable, self.spender)
+        self.safety_net = ClearCallbackHandler(ledger, tenant=tenant, session=session)
         self.name = f"ClearBudget[{runnable.get_name()}]"
+
+    def _with_net(self, config: Any) -> Any:
+        """The caller's config (one, a list for batch, or None) with the safety-net handler added."""
+        if isinstance(config, list):
+            return [self._with_net(one) for one in config]
+        return merge_configs(config, {"callbacks": [self.safety_net]})
 
     @property
     def InputType(self) -> Any:  # noqa: N802 - LangChain's name
@@ -102,31 +113,31 @@ class ClearBudget(Runnable[Any, Any]):
         return self.inner.OutputType
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        return self.bound.invoke(input, config, **kwargs)
+        return self.bound.invoke(input, self._with_net(config), **kwargs)
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        return await self.bound.ainvoke(input, config, **kwargs)
+        return await self.bound.ainvoke(input, self._with_net(config), **kwargs)
 
     def batch(self, inputs: list[Any], config: Any = None, *, return_exceptions: bool = False, **kwargs: Any) -> Any:
-        return self.bound.batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        return self.bound.batch(inputs, self._with_net(config), return_exceptions=return_exceptions, **kwargs)
 
     async def abatch(
         self, inputs: list[Any], config: Any = None, *, return_exceptions: bool = False, **kwargs: Any
     ) -> Any:
-        return await self.bound.abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        return await self.bound.abatch(inputs, self._with_net(config), return_exceptions=return_exceptions, **kwargs)
 
     def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
-        yield from self.bound.stream(input, config, **kwargs)
+        yield from self.bound.stream(input, self._with_net(config), **kwargs)
 
     async def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AsyncIterator[Any]:
-        async for chunk in self.bound.astream(input, config, **kwargs):
+        async for chunk in self.bound.astream(input, self._with_net(config), **kwargs):
             yield chunk
 
     def transform(self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
-        yield from self.bound.transform(input, config, **kwargs)
+        yield from self.bound.transform(input, self._with_net(config), **kwargs)
 
     async def atransform(
         self, input: AsyncIterator[Any], config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
-        async for chunk in self.bound.atransform(input, config, **kwargs):
+        async for chunk in self.bound.atransform(input, self._with_net(config), **kwargs):
             yield chunk
