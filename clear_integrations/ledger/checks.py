@@ -49,9 +49,9 @@ def check_request(value: Any, field: str = "tokens") -> int:
 
 
 def check_up_to(tokens: Any, minimum: Any) -> tuple[int, int]:
-    """``(tokens, minimum)`` of a ``reserve_up_to``: both positive, ``minimum <= tokens``."""
+    """``(tokens, minimum)`` of a ``reserve_up_to``: ``tokens`` positive, ``0 <= minimum <= tokens``."""
     amount = check_request(tokens)
-    least = check_request(minimum, "minimum")
+    least = 0 if minimum == 0 and type(minimum) is int else check_request(minimum, "minimum")
     if least > amount:
         raise InvalidBudget("minimum", minimum, f"must be <= tokens ({amount})")
     return amount, least

@@ -96,7 +96,7 @@ class Ledger(_Base):
 
     def reserve_up_to(self, scope: str, tokens: int, *, minimum: int = 1, lease: float = DEFAULT_LEASE) -> Reservation:
         """Hold ``min(tokens, what every hard budget of the path has left)``; :class:`BudgetExceeded` when
-        that is less than ``minimum``. Soft budgets never shrink the grant."""
+        that is less than ``minimum`` (``minimum=0`` never refuses). Soft budgets never shrink the grant."""
         parsed = parse_scope(scope, "scope")
         amount, least = check_up_to(tokens, minimum)
         seconds = check_lease(lease)
@@ -107,6 +107,15 @@ class Ledger(_Base):
         back. Idempotent by reservation id; usage above the reservation is charged in full."""
         rid = reservation_id(reservation)
         return self.store.commit(rid, to_charge(used), self._clock())
+
+    def charge(self, scope: str, used: int | Usage, *, lease: float = DEFAULT_LEASE) -> Reservation:
+        """Record usage that was never reserved (a call accounted for after the fact): it is charged in full on
+        every account of the path, over a hard limit too (shown as overage), never dropped. Two atomic steps:
+        a reservation of what is left (possibly nothing), then a commit of the whole usage."""
+        charge = to_charge(used)
+        reservation = self.reserve_up_to(scope, max(charge.total, 1), minimum=0, lease=lease)
+        self.commit(reservation, used)
+        return reservation
 
     def release(self, reservation: Reservation | str) -> int:
         """Give back every token of the reservation; returns how many. Idempotent."""
@@ -215,6 +224,13 @@ class AsyncLedger(_Base):
         """See :meth:`Ledger.commit`."""
         rid = reservation_id(reservation)
         return await self.store.commit(rid, to_charge(used), self._clock())
+
+    async def charge(self, scope: str, used: int | Usage, *, lease: float = DEFAULT_LEASE) -> Reservation:
+        """See :meth:`Ledger.charge`."""
+        charge = to_charge(used)
+        reservation = await self.reserve_up_to(scope, max(charge.total, 1), minimum=0, lease=lease)
+        await self.commit(reservation, used)
+        return reservation
 
     async def release(self, reservation: Reservation | str) -> int:
         """See :meth:`Ledger.release`."""

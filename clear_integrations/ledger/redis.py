@@ -129,7 +129,7 @@ class RedisStore:
         self, scope: Scope, tokens: int, minimum: int | None, lease: float, rid: str, now: float
     ) -> Reservation:
         expires = now + lease
-        args = [repr(now), rid, scope.name, tokens, minimum or 0, repr(expires)]
+        args = [repr(now), rid, scope.name, tokens, -1 if minimum is None else minimum, repr(expires)]
         reply = self._run("reserve", self._layout.tenant_keys(scope.tenant), args)
         return self._layout.reservation(reply, rid, scope, tokens, minimum, now, expires)
 
@@ -249,7 +249,7 @@ class AsyncRedisStore:
         self, scope: Scope, tokens: int, minimum: int | None, lease: float, rid: str, now: float
     ) -> Reservation:
         expires = now + lease
-        args = [repr(now), rid, scope.name, tokens, minimum or 0, repr(expires)]
+        args = [repr(now), rid, scope.name, tokens, -1 if minimum is None else minimum, repr(expires)]
         reply = await self._run("reserve", self._layout.tenant_keys(scope.tenant), args)
         return self._layout.reservation(reply, rid, scope, tokens, minimum, now, expires)
 

@@ -137,7 +137,7 @@ def test_bad_leases(busy: Ledger, lease: Any) -> None:
 
 def test_bad_minimum(busy: Ledger) -> None:
     with unchanged(busy):
-        bad: list[Any] = [0, -1, 1.5, 11]
+        bad: list[Any] = [-1, 1.5, 11, True]  # 0 is valid: "whatever is left, maybe nothing"
         for minimum in bad:
             with pytest.raises(InvalidBudget) as refused:
                 busy.reserve_up_to("acme/s", 10, minimum=minimum)

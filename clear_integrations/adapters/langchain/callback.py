@@ -25,9 +25,8 @@ Each LLM or chat-model run is charged to ``tenant`` (or ``tenant/session``); a r
   mid-stream) hands over its partial generations: the provider charged them, so an estimate is committed.
   Other failures release.
 
-An unreserved run is charged at its end through a reservation of up to its usage (a commit charges usage beyond
-its reservation in full). A hard budget with not even 1 token left cannot record it: it is kept as ``unbilled`` in
-:meth:`~ClearCallbackHandler.totals` with a ``ClearWarning`` and retried after each later run and by ``flush()``.
+An unreserved run is charged at its end with :meth:`~clear_integrations.ledger.Ledger.charge`: in full, past a
+hard limit too (it shows as overage), never dropped.
 
 Runs tagged ``clear:budgeted`` are skipped (``ClearBudget``'s proxies account for them). ``run_inline = True``: on
 async paths LangChain calls this sync handler on the event loop, not in an executor thread, so a ``sqlite://`` or
@@ -39,7 +38,6 @@ from __future__ import annotations
 
 import json
 import threading
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +47,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage, get_buffer_string
 from langchain_core.outputs import ChatGenerationChunk, Generation, GenerationChunk, LLMResult
 
-from ...errors import BudgetExceeded, ClearWarning
+from ...errors import BudgetExceeded
 from ...ledger import DEFAULT_LEASE, Ledger, Reservation, Usage
 from ...ledger.accounts import parse_scope
 from ...tokens import count_tokens
@@ -66,8 +64,8 @@ BUDGETED_TAG = "clear:budgeted"
 @dataclass(frozen=True, slots=True)
 class CallbackTotals:
     """What one handler has settled so far: usage committed (``estimated_calls`` of ``calls`` were estimates),
-    ``cache_hits`` and ``released`` runs (charged nothing), runs that started ``unreserved``, ``unbilled`` usage
-    the ledger could not record yet (see :meth:`ClearCallbackHandler.flush`), and runs ``in_flight``."""
+    ``cache_hits`` and ``released`` runs (charged nothing), runs that started ``unreserved``, and runs
+    ``in_flight``."""
 
     calls: int = 0
     prompt: int = 0
@@ -77,11 +75,9 @@ class CallbackTotals:
     cache_hits: int = 0
     released: int = 0
     unreserved: int = 0
-    unbilled: int = 0
     in_flight: int = 0
 
 
-_UNBILLED = "usage kept unbilled (see totals()): the budget has no token left to reserve; flush() after raising it"
 _COUNTED = ("calls", "prompt", "completion", "reasoning", "estimated_calls", "cache_hits", "released", "unreserved")
 
 
@@ -163,7 +159,6 @@ class ClearCallbackHandler(BaseCallbackHandler):
         self.lease = lease
         self._lock = threading.Lock()
         self._runs: dict[UUID, _Run] = {}
-        self._unbilled: list[tuple[str, Usage]] = []
         self._counts = dict.fromkeys(_COUNTED, 0)
 
     # -- LangChain events ----------------------------------------------------------------------------------------
@@ -214,22 +209,7 @@ class ClearCallbackHandler(BaseCallbackHandler):
     def totals(self) -> CallbackTotals:
         """A snapshot of what this handler settled (the ledger's ``usage(account)`` has every process's)."""
         with self._lock:
-            unbilled = sum(usage.total for _, usage in self._unbilled)
-            return CallbackTotals(**self._counts, unbilled=unbilled, in_flight=len(self._runs))
-
-    def flush(self) -> int:
-        """Try again to record unbilled usage (e.g. after a budget was raised); returns how many runs remain."""
-        with self._lock:
-            queue, self._unbilled = self._unbilled, []
-        kept: list[tuple[str, Usage]] = []
-        for scope, usage in queue:
-            try:
-                self.ledger.commit(self.ledger.reserve_up_to(scope, max(usage.total, 1), lease=self.lease), usage)
-            except BudgetExceeded:
-                kept.append((scope, usage))
-        with self._lock:
-            self._unbilled[:0] = kept
-            return len(self._unbilled)
+            return CallbackTotals(**self._counts, in_flight=len(self._runs))
 
     # -- internals ------------------------------------------------------------------------------------------------
 
@@ -321,11 +301,10 @@ class ClearCallbackHandler(BaseCallbackHandler):
         else:
             if run.reservation is not None:
                 self.ledger.commit(run.reservation, usage)
+            else:
+                self.ledger.charge(run.scope, usage, lease=self.lease)
             with self._lock:
-                if run.reservation is None:
-                    self._unbilled.append((run.scope, usage))
                 delta = (1, usage.prompt, usage.completion, usage.reasoning, usage.estimated)
                 for name, value in zip(_COUNTED, delta, strict=False):
                     self._counts[name] += value
-        if self._unbilled and self.flush():
-            warnings.warn(_UNBILLED, ClearWarning, stacklevel=2)
+

@@ -1,4 +1,4 @@
--- ARGV: now, rid, scope, tokens, minimum (0: exactly `tokens`), expires
+-- ARGV: now, rid, scope, tokens, minimum (-1: exactly `tokens`; 0: whatever is left, maybe nothing), expires
 -- returns {1, granted} or {0, refused_account, account1, remaining1, ...}; idempotent by rid
 -- (a retry returns {1, granted, requested, created, expires} of the first call)
 local rid, scope, expires = ARGV[2], ARGV[3], ARGV[6]
@@ -22,12 +22,12 @@ for i, name in ipairs(path(scope)) do
     remaining[#remaining + 1] = left
     if a.mode == 'hard' then
       if tightest == nil or left < tightest.left then tightest = a end
-      if refused == nil and minimum == 0 and left < tokens then refused = name end
+      if refused == nil and minimum < 0 and left < tokens then refused = name end
       if left < grant then grant = left end
     end
   end
 end
-if minimum == 0 then
+if minimum < 0 then
   grant = tokens
 elseif grant < minimum and tightest then
   refused = tightest.name
