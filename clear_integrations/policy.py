@@ -274,7 +274,7 @@ class BudgetController(_Shared):
                 break
             except BudgetExceeded as refused:
                 balance = self.ledger.balance(refused.account)
-                if balance.remaining >= tokens + self.policy.min_tokens:
+                if balance.remaining is not None and balance.remaining >= tokens + self.policy.min_tokens:
                     continue  # calls in flight finished since the refusal: try again at once
                 if time.monotonic() >= deadline or balance.held == 0:
                     return _abandoned(scope, tokens, estimated, "the budget is exhausted", priced)
@@ -349,7 +349,7 @@ class AsyncBudgetController(_Shared):
                 break
             except BudgetExceeded as refused:
                 balance = await self.ledger.balance(refused.account)
-                if balance.remaining >= tokens + self.policy.min_tokens:
+                if balance.remaining is not None and balance.remaining >= tokens + self.policy.min_tokens:
                     continue
                 if time.monotonic() >= deadline or balance.held == 0:
                     return _abandoned(scope, tokens, estimated, "the budget is exhausted", priced)
