@@ -36,3 +36,9 @@ def test_langchain_chain_example_on_the_local_model() -> None:
     pytest.importorskip("llama_cpp")
     out = _run("langchain_chain.py", "--local")
     assert "acme spent" in out
+
+
+def test_langchain_agent_example() -> None:
+    out = _run("langchain_agent.py")
+    assert "acme: 3 model steps" in out
+    assert "token budget for this task is spent" in out  # the tiny tenant ended gracefully

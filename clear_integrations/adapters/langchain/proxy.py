@@ -38,7 +38,7 @@ from ...tokens import count_tokens
 from .caps import CAP_FIELDS, cap_model, current_cap
 from .usage import model_name, model_tokenizer, usage_from_output
 
-__all__ = ["Abandon", "BudgetedModel", "Scope", "Spender"]
+__all__ = ["Abandon", "BudgetedModel", "Scope", "Spender", "prompt_text", "requested_cap"]
 
 Abandon = Literal["message", "raise"] | str | Callable[[Decision], Any]
 DEFAULT_FALLBACK = "I can't answer this within the token budget."
@@ -81,7 +81,7 @@ class Spender:
         return AIMessage(content=text, response_metadata=decision.metadata()) if chat else text
 
 
-def _requested(model: BaseLanguageModel[Any], kwargs: dict[str, Any]) -> tuple[int | None, dict[str, Any]]:
+def requested_cap(model: BaseLanguageModel[Any], kwargs: dict[str, Any]) -> tuple[int | None, dict[str, Any]]:
     """The cap the caller asked for (smallest of the call's cap keywords and the model's field), and the other
     keywords: the cap travels in the model's own field instead."""
     caps = [v for k, v in kwargs.items() if k in CAP_FIELDS and isinstance(v, int) and v > 0]
@@ -116,7 +116,7 @@ class BudgetedModel(Runnable[LanguageModelInput, Any]):
         return self.model.OutputType
 
     def _prompt(self, value: LanguageModelInput) -> tuple[str, int, bool]:
-        text = _prompt_text(value)
+        text = prompt_text(value)
         counted = count_tokens(text, model=self._model_name, tokenizer=self._tokenizer)
         return text, counted.tokens, counted.estimated
 
@@ -133,7 +133,7 @@ class BudgetedModel(Runnable[LanguageModelInput, Any]):
         )
 
     def _begin(self, value: LanguageModelInput, config: RunnableConfig, kwargs: dict[str, Any]) -> tuple[Any, ...]:
-        requested, rest = _requested(self.model, kwargs)
+        requested, rest = requested_cap(self.model, kwargs)
         text, tokens, _ = self._prompt(value)
         return text, tokens, requested, rest
 
@@ -301,7 +301,7 @@ def _joined(first: AIMessage, second: Any) -> AIMessage:
     )
 
 
-def _prompt_text(value: LanguageModelInput) -> str:
+def prompt_text(value: LanguageModelInput) -> str:
     if isinstance(value, PromptValue):
         return value.to_string()
     if isinstance(value, str):
