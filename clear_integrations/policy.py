@@ -170,22 +170,25 @@ def _granted(
     )
 
 
-def _next_step(curve: AccuracyCurve, used: int, price: float) -> int:
-    """Tokens to add after ``used`` to reach the next point whose gain per token still beats ``price`` (0: none)."""
+def _next_step(curve: AccuracyCurve, used: int, price: float, overhead: int) -> int:
+    """Tokens to add after ``used`` to reach the point that most beats ``price`` per token, counting the
+    ``overhead`` a continuation pays again (its prompt); 0 when no point is worth it."""
     knots = np.asarray(curve.knots(), dtype=np.int64)
     ahead = knots[knots > used]
     if not ahead.size:
         return 0
     gains = np.asarray(curve.accuracy(ahead)) - float(np.asarray(curve.accuracy([used]))[0])
-    worth = gains / (ahead - used) >= price
-    worth &= gains > 0
-    return int(ahead[np.argmax(worth)] - used) if worth.any() else 0
+    surplus = gains - price * (ahead - used + overhead)
+    best = int(np.argmax(surplus))
+    return int(ahead[best] - used) if surplus[best] > 0 else 0
 
 
-def _continuation(decision: Decision, used: int) -> int:
+def _continuation(decision: Decision, used: int, prompt_tokens: int, cap: int | None) -> int:
+    """The continuation's completion tokens (0: none), at most ``cap`` per call."""
     if decision.curve is None or decision.shadow_price is None:
         return 0
-    return _next_step(decision.curve, check_tokens("used", used), decision.shadow_price)
+    more = _next_step(decision.curve, check_tokens("used", used), decision.shadow_price, prompt_tokens)
+    return more if cap is None else min(more, cap)
 
 
 def _extended(decision: Decision, reservation: Reservation, used: int, more: int, prompt_tokens: int) -> Decision:
@@ -295,7 +298,7 @@ class BudgetController(_Shared):
     def extend(self, decision: Decision, *, used: int, prompt_tokens: int) -> Decision | None:
         """After a call stopped at its cap (``used`` completion tokens so far): reserve a continuation of
         ``prompt_tokens`` plus the tokens to the curve's next point that still beats the price, or return None."""
-        more = _continuation(decision, used)
+        more = _continuation(decision, used, prompt_tokens, self.policy.max_tokens)
         if not more:
             return None
         try:
@@ -369,7 +372,7 @@ class AsyncBudgetController(_Shared):
 
     async def extend(self, decision: Decision, *, used: int, prompt_tokens: int) -> Decision | None:
         """See :meth:`BudgetController.extend`."""
-        more = _continuation(decision, used)
+        more = _continuation(decision, used, prompt_tokens, self.policy.max_tokens)
         if not more:
             return None
         try:

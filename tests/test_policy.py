@@ -87,12 +87,16 @@ def test_processes_share_the_price_through_the_ledger(tmp_path: Path) -> None:
 
 def test_extend_continues_a_cut_call_only_while_tokens_beat_the_price(ledger: Ledger) -> None:
     ledger.set_budget("acme", Budget(tokens=10**6))
-    control = BudgetController(ledger, BudgetPolicy(estimator=KeywordEstimator(), tokens_per_query=64))
+    control = BudgetController(ledger, BudgetPolicy(estimator=KeywordEstimator(), tokens_per_query=128))
     decision = control.begin("acme", "easy", prompt_tokens=5)
-    assert decision.shadow_price is not None
+    assert decision.shadow_price is not None and decision.shadow_price < 1e-3  # the knee 64 -> 128 sets the price
     cheap = control.extend(decision, used=32, prompt_tokens=40)
-    assert cheap is not None and cheap.action == "extend" and cheap.max_tokens == 32  # 32 -> 64: the surge
-    assert cheap.reservation is not None and cheap.reservation.tokens == 72
+    assert cheap is not None and cheap.action == "extend" and cheap.max_tokens == 96  # 32 -> 128: most surplus
+    assert cheap.reservation is not None and cheap.reservation.tokens == 40 + 96
+    capped = BudgetController(ledger, BudgetPolicy(estimator=KeywordEstimator(), tokens_per_query=128, max_tokens=32))
+    step = capped.extend(decision, used=32, prompt_tokens=40)
+    assert step is not None and step.max_tokens == 32  # one call never exceeds the policy's cap
+    assert control.extend(decision, used=64, prompt_tokens=80) is None  # 64 -> 128 adds 0.05: not worth 144 tokens
     assert control.extend(decision, used=128, prompt_tokens=40) is None  # nothing beyond the last point
 
 

@@ -170,15 +170,16 @@ def test_a_cut_answer_is_extended_while_tokens_beat_the_price() -> None:
     ledger = open_ledger("memory://")
     ledger.set_budget("acme", Budget(tokens=100_000))
     model = MeteredFakeChatModel(response_tokens=100)
-    policy = BudgetPolicy(estimator=_RisingEstimator(), tokens_per_query=64, max_tokens=32)
+    policy = BudgetPolicy(estimator=_RisingEstimator(), tokens_per_query=128, max_tokens=32)
     chain = ClearBudget(PROMPT | model, ledger=ledger, tenant="acme", policy=policy)
     answer = chain.invoke({"q": "extend me"})
-    assert [c.cap for c in model.calls] == [32, 32]  # cut at 32, continued to the curve's next point (64)
+    # cut at 32, continued to the knee (64) even though the continuation re-sends its prompt; 64 -> 128 is not worth it
+    assert [c.cap for c in model.calls] == [32, 32]
     assert len(answer.text.split()) == 64
     assert answer.usage_metadata is not None and answer.usage_metadata["output_tokens"] == 64
     assert ledger.balance("acme").spent == _spent_by_model(model) and ledger.balance("acme").held == 0
     flat = ClearBudget(PROMPT | model, ledger=ledger, tenant="acme",
-                       policy=BudgetPolicy(estimator=_RisingEstimator(), tokens_per_query=64, max_tokens=64))
+                       policy=BudgetPolicy(estimator=_RisingEstimator(), tokens_per_query=128, max_tokens=64))
     model.reset()
     flat.invoke({"q": "no extension past the knee"})
     assert [c.cap for c in model.calls] == [64]
