@@ -199,6 +199,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     calib.set_defaults(run=_calibrate)
 
+    from .demo import add_demo_command
+
+    add_demo_command(commands)
+
     # Parsed by the ledger benchmark itself (see main()); listed here for --help.
     commands.add_parser("bench-ledger", help="reserve+commit pairs per second on each ledger backend, side by side")
     return parser
