@@ -297,7 +297,7 @@ def add_demo_command(commands: Any) -> None:
         "--ledger", default="sqlite:///clear-demo.db", help="ledger URL (default sqlite:///clear-demo.db)"
     )
     demo.add_argument("--model", default="local", help="'local' (SmolLM2 via llama.cpp) or an init_chat_model string")
-    demo.add_argument("--questions", type=int, default=10, help="GSM8K sample questions per tenant (max 20)")
+    demo.add_argument("--questions", type=int, default=8, help="GSM8K sample questions per tenant (max 20)")
     demo.add_argument("--budget", type=int, default=4000, help="the first tenant's daily tokens (the second: 40%%)")
     demo.add_argument("--max-tokens", type=int, default=96, help="cap on one call (default 96)")
     demo.add_argument("--threads", type=int, default=2, help="llama.cpp threads (default 2)")
