@@ -203,6 +203,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_demo_command(commands)
 
+    from .ledger_cli import add_ledger_commands
+
+    add_ledger_commands(commands)
+
     # Parsed by the ledger benchmark itself (see main()); listed here for --help.
     commands.add_parser("bench-ledger", help="reserve+commit pairs per second on each ledger backend, side by side")
     return parser

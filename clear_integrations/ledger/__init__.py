@@ -14,8 +14,17 @@ See ``docs/ledger.md`` for the model (accounts, windows, leases, soft/hard, idem
 from __future__ import annotations
 
 import threading
+from typing import Literal
 
 from .config import load_budgets
+from .failover import (
+    AsyncFailoverLedger,
+    FailOpen,
+    FailoverLedger,
+    FailoverStatus,
+    open_async_failover_ledger,
+    open_failover_ledger,
+)
 from .ledger import DEFAULT_LEASE, AsyncLedger, Clock, Ledger
 from .memory import MemoryStore
 from .model import Balance, Budget, Event, Reservation, Usage, UsageTotals
@@ -24,12 +33,16 @@ from .urls import InvalidLedgerURL, parse_ledger_url
 
 __all__ = [
     "DEFAULT_LEASE",
+    "AsyncFailoverLedger",
     "AsyncLedger",
     "AsyncStore",
     "Balance",
     "Budget",
     "Clock",
     "Event",
+    "FailOpen",
+    "FailoverLedger",
+    "FailoverStatus",
     "InvalidLedgerURL",
     "Ledger",
     "Reservation",
@@ -38,6 +51,7 @@ __all__ = [
     "UsageTotals",
     "load_budgets",
     "open_async_ledger",
+    "open_failover_ledger",
     "open_ledger",
 ]
 
@@ -70,7 +84,12 @@ def _open_store(url: str, prefix: str, retention: float) -> Store:
 
 
 def open_ledger(
-    url: str, *, clock: Clock | None = None, prefix: str = "clear:", retention: float = _DEFAULT_RETENTION
+    url: str,
+    *,
+    clock: Clock | None = None,
+    prefix: str = "clear:",
+    retention: float = _DEFAULT_RETENTION,
+    on_unavailable: Literal["closed", "open"] | FailOpen = "closed",
 ) -> Ledger:
     """Open a :class:`Ledger` on ``memory://`` (this process only; ``memory://name`` shares one store per
     name within the process), ``sqlite:///path.db`` or ``redis://host:port/db``.
@@ -79,17 +98,28 @@ def open_ledger(
     backend. ``prefix`` starts every Redis key. Closed reservations are kept ``retention`` seconds for
     idempotent retries (purged by :meth:`Ledger.expire`). Raises :class:`InvalidLedgerURL` for an unknown
     scheme and :class:`~clear_integrations.errors.LedgerUnavailable` when the store cannot be reached.
+    ``on_unavailable``: ``"closed"`` (default) raises ``LedgerUnavailable``; ``"open"`` or a :class:`FailOpen`
+    returns a :class:`FailoverLedger` that serves from a local ledger and reconciles later (``docs/deployment.md``).
     """
+    if on_unavailable != "closed":
+        return open_failover_ledger(url, on_unavailable, clock=clock, prefix=prefix, retention=retention)
     return Ledger(_open_store(url, prefix, retention), clock=clock)
 
 
 def open_async_ledger(
-    url: str, *, clock: Clock | None = None, prefix: str = "clear:", retention: float = _DEFAULT_RETENTION
+    url: str,
+    *,
+    clock: Clock | None = None,
+    prefix: str = "clear:",
+    retention: float = _DEFAULT_RETENTION,
+    on_unavailable: Literal["closed", "open"] | FailOpen = "closed",
 ) -> AsyncLedger:
     """Open an :class:`AsyncLedger`: the same URLs and options as :func:`open_ledger`.
 
     Redis uses ``redis.asyncio``; SQLite runs each step in a worker thread; memory runs inline.
     """
+    if on_unavailable != "closed":
+        return open_async_failover_ledger(url, on_unavailable, clock=clock, prefix=prefix, retention=retention)
     parsed = parse_ledger_url(url)
     if parsed.kind == "redis":
         from .redis import AsyncRedisStore
