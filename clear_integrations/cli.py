@@ -81,9 +81,14 @@ def _bench_speed(args: argparse.Namespace) -> int:
 
 
 def _bench_overhead(args: argparse.Namespace) -> int:
-    from .bench.overhead import format_overhead, langchain_overhead
+    from .bench.overhead import format_overhead, langchain_overhead, llama_index_overhead
 
-    print(format_overhead([langchain_overhead(args.calls, latency=args.latency / 1000)]))
+    latency = args.latency / 1000
+    print(
+        format_overhead(
+            [langchain_overhead(args.calls, latency=latency), llama_index_overhead(args.calls, latency=latency)]
+        )
+    )
     return 0
 
 
@@ -164,7 +169,9 @@ def _parser() -> argparse.ArgumentParser:
     speed.add_argument("--repeats", type=int, default=3)
     speed.set_defaults(run=_bench_speed)
 
-    overhead = commands.add_parser("bench-overhead", help="what budgeting adds per call: wrapped vs bare chain")
+    overhead = commands.add_parser(
+        "bench-overhead", help="what budgeting adds per call: wrapped vs bare, LangChain and LlamaIndex"
+    )
     overhead.add_argument("--calls", type=int, default=1000, help="invokes of each chain (default 1000)")
     overhead.add_argument("--latency", type=float, default=1.0, help="the fake model's latency in ms (default 1)")
     overhead.set_defaults(run=_bench_overhead)

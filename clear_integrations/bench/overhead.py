@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["OverheadRow", "format_overhead", "langchain_overhead"]
+__all__ = ["OverheadRow", "format_overhead", "langchain_overhead", "llama_index_overhead"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +67,24 @@ def langchain_overhead(calls: int = 1000, *, latency: float = 0.001, rounds: int
         lambda i: bare.invoke({"q": f"question {i}"}), lambda i: wrapped.invoke({"q": f"question {i}"}), calls, rounds
     )
     return OverheadRow("langchain", calls, bare_us, wrapped_us)
+
+
+def llama_index_overhead(calls: int = 1000, *, latency: float = 0.001, rounds: int = 10) -> OverheadRow:
+    """``llm.complete(...)`` bare and through ``ClearBudgetLLM``, ``calls`` calls each."""
+    from ..adapters.llama_index import ClearBudgetLLM
+    from ..ledger import Budget, open_ledger
+    from ..testing import MeteredMockLLM
+
+    inner = MeteredMockLLM(response_tokens=20, latency=latency)
+    ledger = open_ledger("memory://")
+    ledger.set_budget("bench", Budget(tokens=10**12))
+    wrapped = ClearBudgetLLM(inner, ledger=ledger, tenant="bench")
+    inner.complete("warm up")
+    wrapped.complete("warm up")
+    bare_us, wrapped_us = _interleaved(
+        lambda i: inner.complete(f"question {i}"), lambda i: wrapped.complete(f"question {i}"), calls, rounds
+    )
+    return OverheadRow("llama_index", calls, bare_us, wrapped_us)
 
 
 def format_overhead(rows: list[OverheadRow]) -> str:

@@ -14,22 +14,28 @@ See ``docs/ledger.md`` for the model (accounts, windows, leases, soft/hard, idem
 from __future__ import annotations
 
 import threading
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .config import load_budgets
-from .failover import (
-    AsyncFailoverLedger,
-    FailOpen,
-    FailoverLedger,
-    FailoverStatus,
-    open_async_failover_ledger,
-    open_failover_ledger,
-)
 from .ledger import DEFAULT_LEASE, AsyncLedger, Clock, Ledger
 from .memory import MemoryStore
 from .model import Balance, Budget, Event, Reservation, Usage, UsageTotals
 from .store import AsyncStore, Store, ThreadedAsyncStore
 from .urls import InvalidLedgerURL, parse_ledger_url
+
+if TYPE_CHECKING:
+    from .failover import AsyncFailoverLedger, FailOpen, FailoverLedger, FailoverStatus, open_failover_ledger
+
+_FAILOVER = ("AsyncFailoverLedger", "FailOpen", "FailoverLedger", "FailoverStatus", "open_failover_ledger")
+
+
+def __getattr__(name: str) -> Any:
+    """The failover names, imported on first use (their journal needs ``sqlite3``, which the core does not)."""
+    if name in _FAILOVER:
+        from . import failover
+
+        return getattr(failover, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "DEFAULT_LEASE",
@@ -102,6 +108,8 @@ def open_ledger(
     returns a :class:`FailoverLedger` that serves from a local ledger and reconciles later (``docs/deployment.md``).
     """
     if on_unavailable != "closed":
+        from .failover import open_failover_ledger
+
         return open_failover_ledger(url, on_unavailable, clock=clock, prefix=prefix, retention=retention)
     return Ledger(_open_store(url, prefix, retention), clock=clock)
 
@@ -119,6 +127,8 @@ def open_async_ledger(
     Redis uses ``redis.asyncio``; SQLite runs each step in a worker thread; memory runs inline.
     """
     if on_unavailable != "closed":
+        from .failover import open_async_failover_ledger
+
         return open_async_failover_ledger(url, on_unavailable, clock=clock, prefix=prefix, retention=retention)
     parsed = parse_ledger_url(url)
     if parsed.kind == "redis":
