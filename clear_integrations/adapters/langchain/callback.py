@@ -163,10 +163,28 @@ class ClearCallbackHandler(BaseCallbackHandler):
 
     # -- LangChain events ----------------------------------------------------------------------------------------
 
+    @property
+    def ignore_chain(self) -> bool:  # only model runs matter: spare LangChain dispatching the rest
+        return True
+
+    @property
+    def ignore_retriever(self) -> bool:
+        return True
+
+    @property
+    def ignore_agent(self) -> bool:
+        return True
+
+    @property
+    def ignore_custom_event(self) -> bool:
+        return True
+
     def on_chat_model_start(
         self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *, run_id: UUID,
         tags: list[str] | None = None, metadata: dict[str, Any] | None = None, **kwargs: Any,
     ) -> None:  # fmt: skip
+        if tags and BUDGETED_TAG in tags:  # a ClearBudget proxy accounts for it: skip before any work
+            return
         self._start("\n".join(get_buffer_string(m) for m in messages), run_id, tags, metadata, kwargs)
 
     def on_llm_start(

@@ -6,9 +6,10 @@ walks the runnable tree (sequences, parallels, bindings such as ``bind_tools``, 
 assigns, ...) and copies it with each chat model or LLM replaced by a
 :class:`~clear_integrations.adapters.langchain.proxy.BudgetedModel`, which decides each call and sets the cap in
 the provider's own parameter. The user's chain is not modified. Models the walk cannot see (called inside a
-``RunnableLambda`` or a LangGraph node, for example) cannot be capped, but they are still accounted for: every
-call through ``ClearBudget`` carries a :class:`~clear_integrations.adapters.langchain.callback.ClearCallbackHandler`
-for the same tenant, which skips the calls the proxies already handled (tagged ``clear:budgeted``).
+``RunnableLambda`` or a LangGraph node, for example) cannot be capped, but they are still accounted for: when the
+walk meets such a part, every call through ``ClearBudget`` carries a
+:class:`~clear_integrations.adapters.langchain.callback.ClearCallbackHandler` for the same tenant, which skips the
+calls the proxies already handled (tagged ``clear:budgeted``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from .proxy import Abandon, BudgetedModel, Scope, Spender
 __all__ = ["ClearBudget", "budget_models"]
 
 
-def _walk(value: Any, spender: Spender) -> Any:
+def _walk(value: Any, spender: Spender, opaque: list[Runnable[Any, Any]]) -> Any:
     if isinstance(value, BaseLanguageModel):
         return BudgetedModel(value, spender)
     if isinstance(value, BudgetedModel):
@@ -39,25 +40,32 @@ def _walk(value: Any, spender: Spender) -> Any:
         updates = {}
         for name in type(value).model_fields:
             child = getattr(value, name, None)
-            new = _walk(child, spender)
+            new = _walk(child, spender, opaque)
             if new is not child:
                 updates[name] = new
         return value.model_copy(update=updates) if updates else value
+    if isinstance(value, Runnable):  # a lambda, a compiled graph: it may call models the walk cannot reach
+        opaque.append(value)
+        return value
     if isinstance(value, list | tuple):
-        items = [_walk(item, spender) for item in value]
+        items = [_walk(item, spender, opaque) for item in value]
         if any(new is not old for new, old in zip(items, value, strict=True)):
             return type(value)(items) if isinstance(value, tuple) else items
         return value
     if isinstance(value, Mapping):
-        mapped = {key: _walk(item, spender) for key, item in value.items()}
+        mapped = {key: _walk(item, spender, opaque) for key, item in value.items()}
         return mapped if any(mapped[k] is not value[k] for k in value) else value
     return value
 
 
-def budget_models(runnable: Runnable[Any, Any], spender: Spender) -> Runnable[Any, Any]:
-    """A copy of ``runnable`` whose chat models and LLMs are budgeted proxies (the original is untouched)."""
-    walked: Runnable[Any, Any] = _walk(runnable, spender)
-    return walked
+def budget_models(
+    runnable: Runnable[Any, Any], spender: Spender
+) -> tuple[Runnable[Any, Any], list[Runnable[Any, Any]]]:
+    """A copy of ``runnable`` whose chat models and LLMs are budgeted proxies (the original is untouched), and the
+    runnables the walk could not look into (lambdas, compiled graphs)."""
+    opaque: list[Runnable[Any, Any]] = []
+    walked: Runnable[Any, Any] = _walk(runnable, spender, opaque)
+    return walked, opaque
 
 
 class ClearBudget(Runnable[Any, Any]):
@@ -68,7 +76,9 @@ class ClearBudget(Runnable[Any, Any]):
     ``estimator`` is a shortcut for ``BudgetPolicy(estimator=...)``. ``on_abandon`` is what an abandoned query
     returns: ``"message"`` (a fallback answer), ``"raise"`` (:class:`~clear_integrations.errors.QueryAbandoned`),
     any other string (that answer), or a callable from the decision to the answer. ``async_ledger`` serves the
-    async paths without blocking the event loop (default: the sync ledger in a worker thread).
+    async paths without blocking the event loop (default: the sync ledger in a worker thread). ``safety_net``
+    adds a :class:`ClearCallbackHandler` to every call, to account for models the walk cannot see; by default
+    it is added only when the runnable holds parts the walk cannot look into (lambdas, compiled graphs).
     """
 
     def __init__(
@@ -82,6 +92,7 @@ class ClearBudget(Runnable[Any, Any]):
         estimator: Estimator | None = None,
         on_abandon: Abandon = "message",
         async_ledger: AsyncLedger | None = None,
+        safety_net: bool | None = None,
     ) -> None:
         if policy is None:
             policy = BudgetPolicy(estimator=estimator)
@@ -94,12 +105,15 @@ class ClearBudget(Runnable[Any, Any]):
             on_abandon=on_abandon,
             asynchronous=None if async_ledger is None else AsyncBudgetController(async_ledger, policy),
         )
-        self.bound = budget_models(runnable, self.spender)
-        self.safety_net = ClearCallbackHandler(ledger, tenant=tenant, session=session)
+        self.bound, opaque = budget_models(runnable, self.spender)
+        needed = bool(opaque) if safety_net is None else safety_net
+        self.safety_net = ClearCallbackHandler(ledger, tenant=tenant, session=session) if needed else None
         self.name = f"ClearBudget[{runnable.get_name()}]"
 
     def _with_net(self, config: Any) -> Any:
         """The caller's config (one, a list for batch, or None) with the safety-net handler added."""
+        if self.safety_net is None:
+            return config
         if isinstance(config, list):
             return [self._with_net(one) for one in config]
         return merge_configs(config, {"callbacks": [self.safety_net]})
