@@ -31,6 +31,7 @@ def test_contract_batch_holds_the_hard_budget() -> None:
     assert balance.spent <= 2_000 and balance.held == 0
     assert balance.spent == _spent_by_model(model)  # the ledger equals what the model produced
     assert len(outs) == 20 and all(isinstance(o, str) for o in outs)
+    assert chain.safety_net is None  # the walk saw every part: no callback net needed
 
 
 def test_the_users_chain_is_not_modified_and_caps_reach_nested_models() -> None:
@@ -192,6 +193,7 @@ def test_models_the_walk_cannot_see_are_still_accounted_for() -> None:
     visible = MeteredFakeChatModel(response_tokens=30)
     inner = PROMPT | visible | RunnableLambda(lambda message: hidden.invoke("hidden question " + message.text[:5]))
     chain = ClearBudget(inner, ledger=ledger, tenant="acme", policy=BudgetPolicy(max_tokens=10))
+    assert chain.safety_net is not None  # a lambda is opaque to the walk
     chain.invoke({"q": "hi"})
     assert [c.cap for c in visible.calls] == [10] and [c.cap for c in hidden.calls] == [None]
     assert ledger.balance("acme").spent == _spent_by_model(visible) + _spent_by_model(hidden)
