@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import anyio
@@ -54,6 +54,7 @@ class Decision:
     expected_accuracy: float | None = None
     reason: str = ""
     curve: AccuracyCurve | None = field(default=None, repr=False, compare=False)
+    paced: int | None = None  # completion tokens the pool's pacer counted as spent for this call
 
     @property
     def abandoned(self) -> bool:
@@ -76,7 +77,8 @@ class BudgetPolicy:
     """How calls are decided. All limits are in tokens.
 
     - ``estimator`` predicts each query's curve from its prompt; with ``tokens_per_query`` or
-      ``tokens_per_second`` (the pool's target) it turns on pricing: caps and abandonment by the shadow price.
+      ``tokens_per_second`` (the pool's target, counting prompt and completion tokens as the ledger does) it turns
+      on pricing: caps and abandonment by the shadow price, a funded query paying its prompt on top of its cap.
     - ``max_tokens`` caps every call (``None``: the model's own limit, or what the budget has left).
     - ``min_tokens``: a call that can be granted fewer completion tokens than this is abandoned instead.
     - ``reserve_tokens``: completion tokens held for a call that nothing caps; it is left uncapped while the
@@ -167,6 +169,7 @@ def _granted(
         expected_accuracy=None if priced is None else priced.expected_accuracy,
         reason="capped by the shadow price" if priced is not None and cap == priced.budget else "within budget",
         curve=curve,
+        paced=None if priced is None else priced.budget,
     )
 
 
@@ -194,6 +197,7 @@ def _continuation(decision: Decision, used: int, prompt_tokens: int, cap: int | 
 def _extended(decision: Decision, reservation: Reservation, used: int, more: int, prompt_tokens: int) -> Decision:
     assert decision.curve is not None
     return Decision(
+        paced=more,
         scope=decision.scope,
         action="extend",
         max_tokens=more,
@@ -217,11 +221,25 @@ class _Shared:
             return None
         return self.policy.estimator.predict([prompt], [meta or {}])[0]
 
-    def _step(self, stored: dict[str, Any] | None, curve: AccuracyCurve) -> tuple[PriceDecision, dict[str, Any]]:
+    def _step(
+        self, stored: dict[str, Any] | None, curve: AccuracyCurve, prompt: int
+    ) -> tuple[PriceDecision, dict[str, Any]]:
         assert self._pacer is not None
         state = PriceState() if stored is None else PriceState.from_dict(stored)
-        priced, new_state = self._pacer.transition(state, curve)
+        priced, new_state = self._pacer.transition(state, curve, overhead=prompt)
         return priced, new_state.to_dict()
+
+    def _paced(self, stored: dict[str, Any] | None, delta: int) -> dict[str, Any] | None:
+        """The pool state with ``delta`` more completion tokens spent (fewer when negative: a refund of what a call
+        did not use), or None when an increase does not fit the pacer's token bucket."""
+        assert self._pacer is not None
+        state = PriceState() if stored is None else PriceState.from_dict(stored)
+        if delta > 0 and state.spent + delta > state.allowance + self._pacer.burst:
+            return None
+        return replace(state, spent=state.spent + delta).to_dict()
+
+    def _unused(self, decision: Decision, usage: Usage) -> int:
+        return 0 if decision.paced is None or self._pacer is None else max(0, decision.paced - usage.completion)
 
     def _count(self, prompt: str, prompt_tokens: int | None, model: str | None) -> tuple[int, bool]:
         if prompt_tokens is not None:
@@ -240,15 +258,26 @@ class BudgetController(_Shared):
         self.ledger = ledger
         self._sleep = sleep
 
-    def _price(self, pool: str, curve: AccuracyCurve) -> PriceDecision:
+    def _price(self, pool: str, curve: AccuracyCurve, prompt: int) -> PriceDecision:
         priced = None
         for _ in range(_CAS_TRIES):
             stored, version = self.ledger.get_state(pool)
-            priced, new_state = self._step(stored, curve)
+            priced, new_state = self._step(stored, curve, prompt)
             if self.ledger.set_state(pool, new_state, expected_version=version):
                 break
         assert priced is not None  # the last try's decision stands even if another process won the race
         return priced
+
+    def _pace(self, pool: str, delta: int) -> bool:
+        """Count ``delta`` completion tokens on the pool's pacer (compare-and-set); False when they do not fit."""
+        for _ in range(_CAS_TRIES):
+            stored, version = self.ledger.get_state(pool)
+            new_state = self._paced(stored, delta)
+            if new_state is None:
+                return False
+            if self.ledger.set_state(pool, new_state, expected_version=version):
+                return True
+        return False
 
     def begin(
         self,
@@ -263,7 +292,7 @@ class BudgetController(_Shared):
         """Decide one call and reserve what it may spend: the prompt plus the completion cap."""
         tokens, estimated = self._count(prompt, prompt_tokens, model)
         curve = self._curve(prompt, meta)
-        priced = self._price(self.policy.pool_of(scope), curve) if curve is not None and self._pacer else None
+        priced = self._price(self.policy.pool_of(scope), curve, tokens) if curve is not None and self._pacer else None
         if priced is not None and priced.abandoned:
             return _abandoned(scope, tokens, estimated, "no budget is worth its tokens at the price", priced)
         wanted = _wanted(self.policy, requested, priced)
@@ -286,10 +315,14 @@ class BudgetController(_Shared):
         return _granted(scope, reservation, tokens, estimated, wanted, requested, priced, curve)
 
     def end(self, decision: Decision, usage: Usage) -> int:
-        """Commit the call's real usage; returns the tokens given back to the budgets."""
+        """Commit the call's real usage (and refund what it did not use to the pool's pacer); returns the tokens
+        given back to the budgets."""
         if decision.reservation is None:
             return 0
-        return self.ledger.commit(decision.reservation, usage)
+        returned = self.ledger.commit(decision.reservation, usage)
+        if unused := self._unused(decision, usage):
+            self._pace(self.policy.pool_of(decision.scope), -unused)
+        return returned
 
     def fail(self, decision: Decision) -> int:
         """Release the whole reservation of a call that failed."""
@@ -299,11 +332,14 @@ class BudgetController(_Shared):
         """After a call stopped at its cap (``used`` completion tokens so far): reserve a continuation of
         ``prompt_tokens`` plus the tokens to the curve's next point that still beats the price, or return None."""
         more = _continuation(decision, used, prompt_tokens, self.policy.max_tokens)
-        if not more:
-            return None
+        pool = self.policy.pool_of(decision.scope)
+        if not more or (self._pacer is not None and not self._pace(pool, prompt_tokens + more)):
+            return None  # not worth it, or beyond what the pool's pace allows
         try:
             reservation = self.ledger.reserve(decision.scope, prompt_tokens + more, lease=self.policy.lease)
         except BudgetExceeded:
+            if self._pacer is not None:
+                self._pace(pool, -(prompt_tokens + more))
             return None
         return _extended(decision, reservation, used, more, prompt_tokens)
 
@@ -315,15 +351,26 @@ class AsyncBudgetController(_Shared):
         super().__init__(policy)
         self.ledger = ledger
 
-    async def _price(self, pool: str, curve: AccuracyCurve) -> PriceDecision:
+    async def _price(self, pool: str, curve: AccuracyCurve, prompt: int) -> PriceDecision:
         priced = None
         for _ in range(_CAS_TRIES):
             stored, version = await self.ledger.get_state(pool)
-            priced, new_state = self._step(stored, curve)
+            priced, new_state = self._step(stored, curve, prompt)
             if await self.ledger.set_state(pool, new_state, expected_version=version):
                 break
         assert priced is not None
         return priced
+
+    async def _pace(self, pool: str, delta: int) -> bool:
+        """See :meth:`BudgetController._pace`."""
+        for _ in range(_CAS_TRIES):
+            stored, version = await self.ledger.get_state(pool)
+            new_state = self._paced(stored, delta)
+            if new_state is None:
+                return False
+            if await self.ledger.set_state(pool, new_state, expected_version=version):
+                return True
+        return False
 
     async def begin(
         self,
@@ -338,7 +385,9 @@ class AsyncBudgetController(_Shared):
         """See :meth:`BudgetController.begin`."""
         tokens, estimated = self._count(prompt, prompt_tokens, model)
         curve = self._curve(prompt, meta)
-        priced = await self._price(self.policy.pool_of(scope), curve) if curve is not None and self._pacer else None
+        priced = (
+            await self._price(self.policy.pool_of(scope), curve, tokens) if curve is not None and self._pacer else None
+        )
         if priced is not None and priced.abandoned:
             return _abandoned(scope, tokens, estimated, "no budget is worth its tokens at the price", priced)
         wanted = _wanted(self.policy, requested, priced)
@@ -364,7 +413,10 @@ class AsyncBudgetController(_Shared):
         """See :meth:`BudgetController.end`."""
         if decision.reservation is None:
             return 0
-        return await self.ledger.commit(decision.reservation, usage)
+        returned = await self.ledger.commit(decision.reservation, usage)
+        if unused := self._unused(decision, usage):
+            await self._pace(self.policy.pool_of(decision.scope), -unused)
+        return returned
 
     async def fail(self, decision: Decision) -> int:
         """See :meth:`BudgetController.fail`."""
@@ -373,10 +425,13 @@ class AsyncBudgetController(_Shared):
     async def extend(self, decision: Decision, *, used: int, prompt_tokens: int) -> Decision | None:
         """See :meth:`BudgetController.extend`."""
         more = _continuation(decision, used, prompt_tokens, self.policy.max_tokens)
-        if not more:
+        pool = self.policy.pool_of(decision.scope)
+        if not more or (self._pacer is not None and not await self._pace(pool, prompt_tokens + more)):
             return None
         try:
             reservation = await self.ledger.reserve(decision.scope, prompt_tokens + more, lease=self.policy.lease)
         except BudgetExceeded:
+            if self._pacer is not None:
+                await self._pace(pool, -(prompt_tokens + more))
             return None
         return _extended(decision, reservation, used, more, prompt_tokens)

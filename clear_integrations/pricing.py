@@ -143,10 +143,14 @@ class ShadowPrice:
         """The last price quoted (``None`` before the first query)."""
         return self._state.price
 
-    def decide(self, curve: AccuracyCurve) -> PriceDecision:
-        """Budget for one arriving query at the current price; then update the price and the spend."""
+    def decide(self, curve: AccuracyCurve, *, overhead: int = 0) -> PriceDecision:
+        """Budget for one arriving query at the current price; then update the price and the spend.
+
+        ``overhead`` is what a funded query costs besides its budget (its prompt, when the pool's target counts
+        prompt tokens too); an abandoned query costs nothing.
+        """
         with self._lock:
-            decision, self._state = self.transition(self._state, curve)
+            decision, self._state = self.transition(self._state, curve, overhead=overhead)
         return decision
 
     def refund(self, tokens: int) -> None:
@@ -155,15 +159,20 @@ class ShadowPrice:
         with self._lock:
             self._state = replace(self._state, spent=self._state.spent - tokens)
 
-    def transition(self, state: PriceState, curve: AccuracyCurve) -> tuple[PriceDecision, PriceState]:
+    def transition(
+        self, state: PriceState, curve: AccuracyCurve, *, overhead: int = 0
+    ) -> tuple[PriceDecision, PriceState]:
         """The pure transition behind :meth:`decide`: from ``state``, decide ``curve``; return the new state.
 
         A ledger shares one pool's price between processes by loading the state, stepping, and storing the
         result with compare-and-set.
         """
+        overhead = check_tokens("overhead", overhead)
         points = curve_points([curve], cap=self.max_tokens, granularity=self.granularity)
-        segments = upper_hull(points.budgets, points.values, points.valid)
+        costs = np.where(points.budgets > 0, points.budgets + overhead, 0)  # a funded query also pays its overhead
+        segments = upper_hull(costs, points.values, points.valid)
         budgets = points.budgets[0][points.valid[0]]
+        cost = costs[0][points.valid[0]]
         values = points.values[0][points.valid[0]]
         state, target = self._accrue(state)
         demand = np.asarray(state.demand) * self.decay
@@ -176,7 +185,7 @@ class ShadowPrice:
         correction = min(5.0, max(-5.0, -self.step * saved / target_avg)) if target_avg > 0 else 0.0
         price = _clearing_price(demand, supply) * math.exp(correction)
         room = state.allowance + self.burst - state.spent
-        surplus = np.where(budgets <= room, values - price * budgets, -np.inf)
+        surplus = np.where(cost <= room, values - price * cost, -np.inf)
         best = int(np.argmax(surplus))
         funded = bool(surplus[best] > 0 and budgets[best] > 0)
         budget = int(budgets[best]) if funded else 0
@@ -185,7 +194,7 @@ class ShadowPrice:
             demand=tuple(demand.tolist()),
             weight=weight,
             price=price,
-            spent=state.spent + budget,
+            spent=state.spent + (int(cost[best]) if funded else 0),
             queries=state.queries + 1,
             supply=supply,
         )

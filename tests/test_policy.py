@@ -191,3 +191,20 @@ def test_many_concurrent_calls_share_a_small_budget_without_losing_any(ledger: L
     balance = ledger.balance("acme")
     assert balance.held == 0 and balance.spent == 45 * len(answered) <= 50 * 45
     assert len(answered) == 50  # every token of the budget bought an answer
+
+
+def test_the_pacer_gets_back_what_a_call_did_not_use_and_bounds_extensions(ledger: Ledger) -> None:
+    ledger.set_budget("acme", Budget(tokens=10**6))
+    control = BudgetController(ledger, BudgetPolicy(estimator=KeywordEstimator(), tokens_per_query=128, max_tokens=32))
+    decision = control.begin("acme", "easy", prompt_tokens=5)
+    assert decision.paced is not None and decision.paced >= 64
+    spent_before, _ = ledger.get_state("acme")
+    control.end(decision, Usage(prompt=5, completion=10))
+    spent_after, _ = ledger.get_state("acme")
+    assert spent_before is not None and spent_after is not None
+    assert spent_after["spent"] == spent_before["spent"] - (decision.paced - 10)
+    state, version = ledger.get_state("acme")
+    assert state is not None
+    full = {**state, "spent": state["allowance"] + 10**6}  # the pool's pace is used up
+    assert ledger.set_state("acme", full, expected_version=version)
+    assert control.extend(decision, used=32, prompt_tokens=40) is None

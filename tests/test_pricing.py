@@ -151,3 +151,16 @@ def test_transition_is_pure_so_a_ledger_can_share_the_state() -> None:
     assert (first, after_first) == (again, after_again)
     assert pacer.state == start  # nothing stored
     assert after_first.queries == 1 and after_first.spent == first.budget
+
+
+def test_a_funded_query_also_pays_its_overhead() -> None:
+    curve = EmpiricalCurve(GRID, [0.0, 0.4, 0.8, 0.9])
+    cheap, costly = ShadowPrice(tokens_per_query=200), ShadowPrice(tokens_per_query=200)
+    plain = cheap.decide(curve)
+    with_prompt = costly.decide(curve, overhead=80)
+    assert with_prompt.budget == plain.budget > 0
+    assert costly.state.spent == cheap.state.spent + 80  # the prompt counts against the pace
+    pricey = ShadowPrice(tokens_per_query=40)
+    for _ in range(30):
+        pricey.decide(curve, overhead=500)  # queries whose prompt alone eats the target are abandoned
+    assert pricey.decide(curve, overhead=500).abandoned
