@@ -8,11 +8,24 @@
 - :func:`cap_model` puts a completion cap into one model (OpenAI, Anthropic, Ollama, llama.cpp, ...).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .callback import ClearCallbackHandler
 from .caps import CAP_FIELDS, cap_model, current_cap
-from .middleware import ClearBudgetMiddleware
 from .proxy import BudgetedModel
 from .runnable import ClearBudget, budget_models
+
+if TYPE_CHECKING:
+    from .middleware import ClearBudgetMiddleware
+
+
+def __getattr__(name: str) -> Any:
+    """``ClearBudgetMiddleware`` needs the ``langchain`` package (agents), not only langchain-core: load it on use."""
+    if name == "ClearBudgetMiddleware":
+        from .middleware import ClearBudgetMiddleware
+
+        return ClearBudgetMiddleware
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "CAP_FIELDS",
