@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, Literal
 
+from .checks import DEFAULT_RETENTION
 from .config import load_budgets
 from .ledger import DEFAULT_LEASE, AsyncLedger, Clock, Ledger
 from .memory import MemoryStore
@@ -36,6 +37,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(failover, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_LEASE",
@@ -61,7 +63,6 @@ __all__ = [
     "open_ledger",
 ]
 
-_DEFAULT_RETENTION = 7 * 86_400.0
 _named_memory: dict[str, MemoryStore] = {}
 _named_lock = threading.Lock()
 
@@ -94,7 +95,7 @@ def open_ledger(
     *,
     clock: Clock | None = None,
     prefix: str = "clear:",
-    retention: float = _DEFAULT_RETENTION,
+    retention: float = DEFAULT_RETENTION,
     on_unavailable: Literal["closed", "open"] | FailOpen = "closed",
 ) -> Ledger:
     """Open a :class:`Ledger` on ``memory://`` (this process only; ``memory://name`` shares one store per
@@ -119,7 +120,7 @@ def open_async_ledger(
     *,
     clock: Clock | None = None,
     prefix: str = "clear:",
-    retention: float = _DEFAULT_RETENTION,
+    retention: float = DEFAULT_RETENTION,
     on_unavailable: Literal["closed", "open"] | FailOpen = "closed",
 ) -> AsyncLedger:
     """Open an :class:`AsyncLedger`: the same URLs and options as :func:`open_ledger`.

@@ -17,6 +17,7 @@ from .accounts import tenant_of_reservation
 from .model import MAX_TOKENS, Budget, Reservation, Usage
 
 __all__ = [
+    "DEFAULT_RETENTION",
     "MAX_LEASE",
     "Charge",
     "check_budget",
@@ -33,6 +34,8 @@ __all__ = [
 
 #: Longest lease accepted, in seconds (a year).
 MAX_LEASE = 366 * 86_400.0
+#: How long closed reservations are kept for idempotent retries by default, in seconds (a week).
+DEFAULT_RETENTION = 7 * 86_400.0
 
 
 # ---------------------------------------------------------------- argument checks

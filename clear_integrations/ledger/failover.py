@@ -40,6 +40,7 @@ __all__ = [
     "open_failover_ledger",
 ]
 
+from .checks import DEFAULT_RETENTION
 from .failover_store import FailOpen, FailoverStatus, FailoverStore
 
 
@@ -151,7 +152,7 @@ def open_failover_ledger(
     *,
     clock: Clock | None = None,
     prefix: str = "clear:",
-    retention: float = 7 * 86_400.0,
+    retention: float = DEFAULT_RETENTION,
 ) -> Ledger:
     """Open ``url`` failing closed (a plain :class:`Ledger`) or open (a :class:`FailoverLedger`)."""
     if on_unavailable == "closed":
@@ -167,7 +168,7 @@ def open_async_failover_ledger(
     *,
     clock: Clock | None = None,
     prefix: str = "clear:",
-    retention: float = 7 * 86_400.0,
+    retention: float = DEFAULT_RETENTION,
 ) -> AsyncLedger:
     """The async form of :func:`open_failover_ledger`: an :class:`AsyncLedger` or an :class:`AsyncFailoverLedger`."""
     if on_unavailable == "closed":

@@ -14,7 +14,7 @@ from typing import Any
 
 from . import core
 from .accounts import Scope
-from .checks import Charge
+from .checks import DEFAULT_RETENTION, Charge
 from .core import AccountState, EventRow, ReservationRecord
 from .model import Balance, Budget, Event, Reservation, UsageTotals
 
@@ -24,7 +24,7 @@ __all__ = ["MemoryStore"]
 class MemoryStore:
     """A :class:`~.store.Store` kept in this process's memory. Also its own :class:`~.core.Txn`."""
 
-    def __init__(self, url: str = "memory://", *, retention: float = 7 * 86_400.0) -> None:
+    def __init__(self, url: str = "memory://", *, retention: float = DEFAULT_RETENTION) -> None:
         self.url = url
         self._retention = retention
         self._lock = threading.Lock()

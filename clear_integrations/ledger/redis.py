@@ -22,7 +22,7 @@ import redis.asyncio
 
 from ..errors import LedgerUnavailable
 from .accounts import Scope, tenant_of_reservation
-from .checks import Charge
+from .checks import DEFAULT_RETENTION, Charge
 from .model import Balance, Budget, Event, Reservation, UsageTotals
 from .redis_layout import SCRIPTS, RedisLayout, script_source
 
@@ -67,7 +67,7 @@ _SHA = {name: hashlib.sha1(script_source(name).encode()).hexdigest() for name in
 class RedisStore:
     """A :class:`~.store.Store` on a Redis server (see the module docstring)."""
 
-    def __init__(self, url: str, *, prefix: str = "clear:", retention: float = 7 * 86_400.0) -> None:
+    def __init__(self, url: str, *, prefix: str = "clear:", retention: float = DEFAULT_RETENTION) -> None:
         self.url = url
         self._layout = RedisLayout(prefix)
         self._retention = retention
@@ -204,7 +204,7 @@ class AsyncRedisStore:
     The connection is made on first use (``open_async_ledger`` is not a coroutine).
     """
 
-    def __init__(self, url: str, *, prefix: str = "clear:", retention: float = 7 * 86_400.0) -> None:
+    def __init__(self, url: str, *, prefix: str = "clear:", retention: float = DEFAULT_RETENTION) -> None:
         self.url = url
         self._layout = RedisLayout(prefix)
         self._retention = retention

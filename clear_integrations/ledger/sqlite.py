@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from ..errors import ClearError, LedgerUnavailable
 from . import core
 from .accounts import Scope
-from .checks import Charge
+from .checks import DEFAULT_RETENTION, Charge
 from .core import AccountState, EventRow, ReservationRecord
 from .model import Balance, Budget, Event, Reservation, UsageTotals
 
@@ -172,7 +172,7 @@ class _Request:
 class SQLiteStore:
     """A :class:`~.store.Store` in one SQLite file (see the module docstring)."""
 
-    def __init__(self, url: str, path: str, *, retention: float = 7 * 86_400.0, timeout: float = 60.0) -> None:
+    def __init__(self, url: str, path: str, *, retention: float = DEFAULT_RETENTION, timeout: float = 60.0) -> None:
         self.url = url
         self._retention = retention
         self._lock = threading.Lock()  # the connection: one transaction or read at a time
