@@ -7,8 +7,9 @@ The core (curves, allocation, pricing, estimators, ledger) imports no framework;
 from ._version import __version__
 from .allocate import Allocation, allocate
 from .baselines import ALLOCATORS, Allocator, greedy_marginal, proportional, uniform
-from .curves import AccuracyCurve, CurveBatch, EmpiricalCurve, isotonic
-from .embedding_estimator import EmbeddingEstimator
+from .curves.curve import AccuracyCurve, CurveBatch, EmpiricalCurve, isotonic
+from .curves.families import Logistic, ShiftedSurge
+from .curves.fitting import LogisticFit, SurgeFit, fit_logistic, fit_shifted_surge, fit_tau
 from .errors import (
     BudgetExceeded,
     ClearError,
@@ -26,9 +27,9 @@ from .errors import (
     ReservationClosed,
     UnknownReservation,
 )
-from .estimate import Estimator, PriorEstimator, load_estimator, save_estimator
-from .families import Logistic, ShiftedSurge
-from .fitting import LogisticFit, SurgeFit, fit_logistic, fit_shifted_surge, fit_tau
+from .estimators.base import Estimator, PriorEstimator, load_estimator, save_estimator
+from .estimators.embedding import EmbeddingEstimator
+from .estimators.text import TextFeatureEstimator
 from .ledger import (
     AsyncLedger,
     Balance,
@@ -44,7 +45,6 @@ from .ledger import (
 )
 from .policy import AsyncBudgetController, BudgetController, BudgetPolicy, Decision
 from .pricing import PriceDecision, PriceState, ShadowPrice
-from .text_estimator import TextFeatureEstimator
 
 __all__ = [
     "ALLOCATORS",

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from .curves import AccuracyCurve
+from .curves.curve import AccuracyCurve
+from .curves.hull import upper_hull
+from .curves.points import CurvePoints, curve_points
 from .errors import InvalidBudget
-from .hull import upper_hull
-from .points import CurvePoints, curve_points
 from .validation import check_tokens
 
 __all__ = ["Allocation", "allocate", "check_limits", "finish_allocation"]

@@ -22,8 +22,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .allocate import Allocation, allocate, check_limits, finish_allocation
-from .curves import AccuracyCurve
-from .points import CurvePoints, curve_points
+from .curves.curve import AccuracyCurve
+from .curves.points import CurvePoints, curve_points
 
 __all__ = ["ALLOCATORS", "Allocator", "greedy_marginal", "proportional", "uniform"]
 

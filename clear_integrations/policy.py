@@ -24,9 +24,9 @@ from typing import Any, Literal
 import anyio
 import numpy as np
 
-from .curves import AccuracyCurve
+from .curves.curve import AccuracyCurve
 from .errors import BudgetExceeded
-from .estimate import Estimator
+from .estimators.base import Estimator
 from .ledger import AsyncLedger, Ledger, Reservation, Usage
 from .pricing import PriceDecision, PriceState, ShadowPrice
 from .tokens import count_tokens

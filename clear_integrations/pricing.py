@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .curves import AccuracyCurve
+from .curves.curve import AccuracyCurve
+from .curves.hull import upper_hull
+from .curves.points import curve_points
 from .errors import InvalidBudget
-from .hull import upper_hull
-from .points import curve_points
 from .validation import check_rate, check_tokens
 
 __all__ = ["PriceDecision", "PriceState", "ShadowPrice"]

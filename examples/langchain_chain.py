@@ -17,7 +17,7 @@ from langchain_core.prompts import ChatPromptTemplate
 
 from clear_integrations import Budget, BudgetPolicy, CurveBatch, PriorEstimator, open_ledger
 from clear_integrations.adapters.langchain import ClearBudget
-from clear_integrations.problems import gsm8k_sample
+from clear_integrations.calibration.problems import gsm8k_sample
 from clear_integrations.testing import MeteredFakeChatModel
 
 
@@ -26,7 +26,7 @@ def make_model(local: bool) -> Any:
         return MeteredFakeChatModel(response_tokens=lambda messages: 2 * len(messages[-1].text.split()))
     from langchain_community.chat_models import ChatLlamaCpp
 
-    from clear_integrations.local_model import smollm2_path
+    from clear_integrations.calibration.local_model import smollm2_path
 
     return ChatLlamaCpp(model_path=str(smollm2_path()), n_threads=1, n_ctx=1024, temperature=0.0, verbose=False)
 

@@ -57,9 +57,9 @@ from langchain_core.prompts import ChatPromptTemplate
 
 from clear_integrations import Budget, BudgetPolicy, CurveBatch, Decision, Ledger, open_ledger
 from clear_integrations.adapters.langchain import ClearBudget
+from clear_integrations.calibration.problems import gsm8k_sample
 from clear_integrations.errors import ClearError
-from clear_integrations.estimate import Meta
-from clear_integrations.problems import gsm8k_sample
+from clear_integrations.estimators.base import Meta
 from clear_integrations.testing import MeteredFakeChatModel
 
 TENANT = "acme"

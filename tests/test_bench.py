@@ -18,7 +18,7 @@ from clear_integrations.bench.curvesets import (
 )
 from clear_integrations.bench.replay import cross_validation_splits, replay
 from clear_integrations.bench.report import format_table, write_json
-from clear_integrations.cli import main
+from clear_integrations.cli.main import main
 
 
 def _write_ps_folder(root: Path, n: int = 40) -> Path:

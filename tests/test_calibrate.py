@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from clear_integrations.bench.curvesets import load_jsonl
-from clear_integrations.calibrate import (
+from clear_integrations.calibration.calibrate import (
     CalibrationMismatch,
     Generation,
     Generator,
@@ -20,8 +20,8 @@ from clear_integrations.calibrate import (
     LlamaIndexGenerator,
     calibrate,
 )
+from clear_integrations.calibration.problems import Problem
 from clear_integrations.errors import InvalidInput, InvalidUsage
-from clear_integrations.problems import Problem
 
 BUDGETS = [8, 16, 32, 64]
 
@@ -369,7 +369,7 @@ def test_llama_cpp_generator_on_a_fake_llama() -> None:
 
 
 def _local_llama() -> Any:
-    from clear_integrations.local_model import LocalModelUnavailable, load_local_llama
+    from clear_integrations.calibration.local_model import LocalModelUnavailable, load_local_llama
 
     try:
         # one thread: on a busy 2-core machine n_threads=2 was measured 10x slower (5.5 vs 57 tok/s)
@@ -402,7 +402,7 @@ def test_nested_cuts_equal_separate_capped_calls_at_temperature_0() -> None:
 
 @pytest.mark.slow
 def test_calibrate_end_to_end_on_smollm2(tmp_path: Path) -> None:
-    from clear_integrations.problems import gsm8k_sample
+    from clear_integrations.calibration.problems import gsm8k_sample
 
     llama = _local_llama()
     inner = LlamaCppGenerator(llama, probe_tokens=8)
@@ -447,7 +447,7 @@ def test_calibrate_end_to_end_on_smollm2(tmp_path: Path) -> None:
 
 
 def test_load_generator_specs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from clear_integrations.calibrate import load_generator
+    from clear_integrations.calibration.calibrate import load_generator
 
     (tmp_path / "my_models.py").write_text(
         "class Chat:\n    def invoke(self, messages, **kwargs):\n        raise NotImplementedError\n\n"

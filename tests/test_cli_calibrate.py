@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from clear_integrations.cli import main
+from clear_integrations.cli.main import main
 
 
 @pytest.mark.slow

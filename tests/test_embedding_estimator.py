@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from clear_integrations import CurveBatch, InvalidInput, NotFitted, load_estimator, save_estimator
-from clear_integrations.embedding_estimator import EmbeddingEstimator
-from clear_integrations.neighbours import NearestCurves
+from clear_integrations.estimators.embedding import EmbeddingEstimator
+from clear_integrations.estimators.neighbours import NearestCurves
 
 GRID = [16, 32, 64]
 VOCAB = ["apples", "trains", "percent", "speed", "interest", "hours"]

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clear_integrations.curves import AccuracyCurve
+from clear_integrations.curves.curve import AccuracyCurve
+from clear_integrations.curves.families import SATURATION_GAP, Logistic, ShiftedSurge, curve_from_dict
+from clear_integrations.curves.lambertw import lambertw0, lambertwm1
 from clear_integrations.errors import InvalidBudget, InvalidCurve
-from clear_integrations.families import SATURATION_GAP, Logistic, ShiftedSurge, curve_from_dict
-from clear_integrations.lambertw import lambertw0, lambertwm1
 
 taus = st.floats(0, 300)
 rates = st.floats(0.005, 0.5)

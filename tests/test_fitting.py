@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clear_integrations.curves import CurveBatch, EmpiricalCurve
+from clear_integrations.curves.curve import CurveBatch, EmpiricalCurve
+from clear_integrations.curves.families import Logistic, ShiftedSurge, logistic_cdf, surge_cdf
+from clear_integrations.curves.fitting import LogisticFit, SurgeFit, fit_logistic, fit_shifted_surge, fit_tau
 from clear_integrations.errors import InvalidCurve
-from clear_integrations.families import Logistic, ShiftedSurge, logistic_cdf, surge_cdf
-from clear_integrations.fitting import LogisticFit, SurgeFit, fit_logistic, fit_shifted_surge, fit_tau
 
 GRID = np.arange(16, 257, 16)
 

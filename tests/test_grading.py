@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from clear_integrations.errors import InvalidInput
-from clear_integrations.grading import (
+from clear_integrations.calibration.grading import (
     extract_boxed,
     extract_last_number,
     grade_gsm8k,
@@ -12,6 +11,7 @@ from clear_integrations.grading import (
     normalize_math,
     parse_number,
 )
+from clear_integrations.errors import InvalidInput
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from clear_integrations.cli.ledger import add_ledger_commands, main
 from clear_integrations.ledger import Budget, open_ledger
-from clear_integrations.ledger_cli import add_ledger_commands, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,7 +128,7 @@ def test_registers_on_a_host_parser(url: str, capsys: pytest.CaptureFixture[str]
 def test_runs_as_a_module(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "clear_integrations.ledger_cli"]
+    command = [sys.executable, "-m", "clear_integrations.cli.ledger"]
     done = subprocess.run([*command, "set", url, "acme", "900"], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     done = subprocess.run([*command, "show", url, "acme"], capture_output=True, text=True, env=env)

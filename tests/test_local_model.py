@@ -7,9 +7,14 @@ from typing import Any
 
 import pytest
 
-from clear_integrations import local_model
+from clear_integrations.calibration import local_model
+from clear_integrations.calibration.local_model import (
+    LocalModelUnavailable,
+    count_tokens,
+    load_local_llama,
+    smollm2_path,
+)
 from clear_integrations.errors import ClearError
-from clear_integrations.local_model import LocalModelUnavailable, count_tokens, load_local_llama, smollm2_path
 
 
 def test_missing_smollm2_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:

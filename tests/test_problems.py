@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from clear_integrations.problems import (
+from clear_integrations.calibration.problems import (
     InvalidProblem,
     Problem,
     gsm8k_sample,

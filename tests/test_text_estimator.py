@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from clear_integrations import CurveBatch, NotFitted, PriorEstimator, allocate, load_estimator, save_estimator
-from clear_integrations.text_estimator import TextFeatureEstimator
-from clear_integrations.text_features import COUNTS, TextFeaturizer
+from clear_integrations.estimators.text import TextFeatureEstimator
+from clear_integrations.estimators.text_features import COUNTS, TextFeaturizer
 
 GRID = list(range(16, 257, 16))
 

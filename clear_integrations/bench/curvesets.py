@@ -1,7 +1,7 @@
 """Loaders of measured accuracy-at-budget curves: the predictive-scheduling CSV folder and our JSONL schema.
 
 Both return a :class:`CurveSet`: question ids, prompts, the curves as one
-:class:`~clear_integrations.curves.CurveBatch`, and per-question metadata.
+:class:`~clear_integrations.curves.curve.CurveBatch`, and per-question metadata.
 
 - Predictive-scheduling layout (a folder, as in ``shared/data/predictive-scheduling-gsm8k``): CSV files with
   ``question_id``, ``question_text`` and ``early_stop_correct_proportions`` (a list of accuracies at 16, 32, ...,
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ..curves import CurveBatch
+from ..curves.curve import CurveBatch
 from ..errors import InvalidCurve
 
 __all__ = ["PS_BUDGETS", "CurveSet", "load_curves", "load_jsonl", "load_predictive_scheduling", "write_jsonl"]

@@ -17,11 +17,11 @@ import numpy as np
 
 from ..allocate import allocate
 from ..baselines import ALLOCATORS
-from ..curves import CurveBatch
+from ..curves.curve import CurveBatch
 from ..errors import InvalidInput
-from ..estimate import Estimator, PriorEstimator
+from ..estimators.base import Estimator, PriorEstimator
+from ..estimators.text import TextFeatureEstimator
 from ..pricing import ShadowPrice
-from ..text_estimator import TextFeatureEstimator
 from .curvesets import CurveSet
 from .streams import STREAMS, make_stream
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..curves import CurveBatch
+from ..curves.curve import CurveBatch
 from ..errors import InvalidCurve, InvalidInput
 from ..validation import check_tokens
 from .curvesets import CurveSet

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..curves import CurveBatch
+from ..curves.curve import CurveBatch
 from ..errors import InvalidInput
 
 __all__ = ["STREAMS", "Stream", "make_stream"]

@@ -10,7 +10,7 @@ import pytest
 
 from clear_integrations import Budget, BudgetPolicy, open_ledger
 from clear_integrations.adapters.langchain.runnable import ClearBudget
-from clear_integrations.problems import gsm8k_sample
+from clear_integrations.calibration.problems import gsm8k_sample
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
               pytest.mark.filterwarnings("ignore::ResourceWarning")]

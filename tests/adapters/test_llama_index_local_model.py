@@ -13,7 +13,7 @@ from llama_index.core.base.llms.types import ChatMessage
 
 from clear_integrations import Budget, BudgetPolicy, open_ledger
 from clear_integrations.adapters.llama_index import ClearBudgetLLM
-from clear_integrations.problems import gsm8k_sample
+from clear_integrations.calibration.problems import gsm8k_sample
 
 pytestmark = [
     pytest.mark.slow,

@@ -67,7 +67,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from ...errors import InvalidAccount
-from ...estimate import Estimator
+from ...estimators.base import Estimator
 from ...ledger import AsyncLedger, Balance, Ledger, Usage
 from ...ledger.accounts import parse_scope
 from ...policy import AsyncBudgetController, BudgetController, BudgetPolicy, Decision

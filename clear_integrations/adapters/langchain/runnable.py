@@ -22,7 +22,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import merge_configs
 from pydantic import BaseModel
 
-from ...estimate import Estimator
+from ...estimators.base import Estimator
 from ...ledger import AsyncLedger, Ledger
 from ...policy import AsyncBudgetController, BudgetController, BudgetPolicy
 from .callback import ClearCallbackHandler

@@ -60,7 +60,7 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 from pydantic import Field, PrivateAttr
 
-from ...estimate import Estimator
+from ...estimators.base import Estimator
 from ...ledger import AsyncLedger, Ledger
 from ...ledger.accounts import parse_scope
 from ...policy import AsyncBudgetController, BudgetController, BudgetPolicy

@@ -3,7 +3,7 @@
 Row ``i`` holds query ``i``'s starting point in column 0 (the floor ``min_tokens`` and its accuracy), then its
 knots snapped up to multiples of ``granularity`` and cut at ``max_tokens`` (plus ``max_tokens`` itself), each
 with the curve's accuracy there. ``valid`` masks padding. Curves measured on one grid (a
-:class:`~clear_integrations.curves.CurveBatch`, or :class:`~clear_integrations.curves.EmpiricalCurve` objects
+:class:`~.curve.CurveBatch`, or :class:`~.curve.EmpiricalCurve` objects
 sharing their budgets) are read as one matrix without a Python loop over queries.
 """
 
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from .curves import AccuracyCurve, CurveBatch, EmpiricalCurve
-from .errors import InvalidCurve
+from ..errors import InvalidCurve
+from .curve import AccuracyCurve, CurveBatch, EmpiricalCurve
 
 __all__ = ["CurvePoints", "curve_points"]
 

@@ -8,9 +8,9 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from .curves import CurveBatch
-from .errors import NotFitted
-from .estimate import Meta, check_training_set
+from ..curves.curve import CurveBatch
+from ..errors import NotFitted
+from .base import Meta, check_training_set
 from .neighbours import NearestCurves
 from .ridge import Ridge
 from .text_features import TextFeaturizer
@@ -21,7 +21,7 @@ _INNER_FOLDS = 5
 
 
 class TextFeatureEstimator:
-    """Ridge regression from :class:`~clear_integrations.text_features.TextFeaturizer` features to every point of
+    """Ridge regression from :class:`~.text_features.TextFeaturizer` features to every point of
     the curve at once (the measured grid), then calibrated, clipped to [0, 1].
 
     ``categorical`` names per-prompt labels the caller supplies in ``meta`` (for example

@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable
 from fractions import Fraction
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 __all__ = [
     "Grader",

@@ -26,13 +26,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .allocate import allocate
-from .baselines import uniform
-from .curves import CurveBatch
-from .families import ShiftedSurge
-from .ledger import Budget, Ledger, open_ledger
-from .policy import BudgetPolicy
-from .problems import Problem, gsm8k_sample
+from ..allocate import allocate
+from ..baselines import uniform
+from ..calibration.problems import Problem, gsm8k_sample
+from ..curves.curve import CurveBatch
+from ..curves.families import ShiftedSurge
+from ..ledger import Budget, Ledger, open_ledger
+from ..policy import BudgetPolicy
 
 __all__ = ["DemoRow", "QuantityEstimator", "add_demo_command", "run_demo"]
 
@@ -98,7 +98,7 @@ def _model(spec: str, threads: int) -> Any:
         return init_chat_model(spec, temperature=0)
     from langchain_community.chat_models import ChatLlamaCpp
 
-    from .local_model import smollm2_path
+    from ..calibration.local_model import smollm2_path
 
     return ChatLlamaCpp(
         model_path=str(smollm2_path()),
@@ -125,7 +125,7 @@ def _decision_label(runs: list[dict[str, Any]], answer: Any) -> tuple[str, float
 def _run_policy(
     name: str, chain_of: Any, ledger: Ledger, budgets: dict[str, int], problems: list[Problem], policy_of: Any
 ) -> list[DemoRow]:
-    from .adapters.langchain import ClearBudget
+    from ..adapters.langchain import ClearBudget
 
     estimator = QuantityEstimator()
     rows: list[DemoRow] = []
@@ -239,8 +239,8 @@ def _llama_index_agent(ledger: Ledger, budgets: dict[str, int], problems: list[P
     from llama_index.core.tools import FunctionTool
     from llama_index.llms.llama_cpp import LlamaCPP
 
-    from .adapters.llama_index import ClearBudgetLLM
-    from .local_model import smollm2_path
+    from ..adapters.llama_index import ClearBudgetLLM
+    from ..calibration.local_model import smollm2_path
 
     inner = LlamaCPP(
         model_path=str(smollm2_path()),

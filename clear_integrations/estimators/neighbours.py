@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 __all__ = ["NearestCurves"]
 

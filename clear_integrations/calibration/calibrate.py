@@ -15,8 +15,8 @@ One JSONL line per problem (our curve schema, readable by :func:`clear_integrati
 written and flushed as soon as the problem is done, so an interrupted run resumes where it stopped: problems
 whose id is already in the file are skipped; a file written with other budgets or samples is refused.
 
-Generators (:class:`~clear_integrations.generators.Generator`; an optional ``name`` attribute names the model in
-``meta``) live in :mod:`clear_integrations.generators`, re-exported here.
+Generators (:class:`~.generators.Generator`; an optional ``name`` attribute names the model in
+``meta``) live in :mod:`clear_integrations.calibration.generators`, re-exported here.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .bench.curvesets import CurveSet, load_jsonl
-from .errors import InvalidInput, InvalidUsage
+from ..bench.curvesets import CurveSet, load_jsonl
+from ..errors import InvalidInput, InvalidUsage
+from ..validation import check_tokens
 from .generators import (
     Generation,
     Generator,
@@ -41,7 +42,6 @@ from .generators import (
 )
 from .grading import Grader, grader_for
 from .problems import Problem
-from .validation import check_tokens
 
 __all__ = [
     "CalibrationMismatch",

@@ -1,4 +1,4 @@
-"""Models that reason under a token cap, for :func:`~clear_integrations.calibrate.calibrate`.
+"""Models that reason under a token cap, for :func:`~clear_integrations.calibration.calibrate.calibrate`.
 
 :class:`LlamaCppGenerator` (the embedded local model; it can also cut one trace at every budget, see
 :class:`NestedGenerator`), :class:`LangChainGenerator` (any LangChain chat model) and :class:`LlamaIndexGenerator`
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from .errors import InvalidInput
-from .validation import check_tokens
+from ..errors import InvalidInput
+from ..validation import check_tokens
 
 __all__ = [
     "ANSWER_REQUEST",

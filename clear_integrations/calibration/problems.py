@@ -1,7 +1,7 @@
 """Problem sets with gold answers, for calibration: GSM8K and MATH-500 JSONL files.
 
 Both load into a list of :class:`Problem` ``(id, question, answer, kind)``; ``kind`` picks the grader
-(``"gsm8k"``: numeric match, ``"math"``: boxed-answer match, see :mod:`clear_integrations.grading`).
+(``"gsm8k"``: numeric match, ``"math"``: boxed-answer match, see :mod:`clear_integrations.calibration.grading`).
 
 - GSM8K (``{"question", "answer"}`` per line): the gold answer is what follows the last ``####`` in ``answer``,
   commas removed. Ids are ``{prefix}_{line index}`` (``test_0``, ...), the ids of the predictive-scheduling curves.
@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 __all__ = [
     "InvalidProblem",

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from .errors import ClearError
+from ..errors import ClearError
 
 if TYPE_CHECKING:
     import llama_cpp

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .allocate import allocate
-from .baselines import uniform
-from .problems import Problem
+from ..allocate import allocate
+from ..baselines import uniform
+from ..calibration.problems import Problem
 
 __all__ = ["pareto_png", "write_report"]
 

@@ -15,8 +15,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from .curves import CurveBatch
-from .errors import InvalidCurve, InvalidInput, NotFitted
+from ..curves.curve import CurveBatch
+from ..errors import InvalidCurve, InvalidInput, NotFitted
 
 __all__ = [
     "Estimator",
@@ -93,8 +93,8 @@ class PriorEstimator:
 
 def estimators() -> dict[str, Any]:
     """Estimator classes by name (imported on first use, so the core stays light)."""
-    from .embedding_estimator import EmbeddingEstimator
-    from .text_estimator import TextFeatureEstimator
+    from .embedding import EmbeddingEstimator
+    from .text import TextFeatureEstimator
 
     return {cls.name: cls for cls in (PriorEstimator, TextFeatureEstimator, EmbeddingEstimator)}
 

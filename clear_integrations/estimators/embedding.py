@@ -3,7 +3,7 @@
 Any embedding function the app already has works: a LangChain ``Embeddings`` (``embed_documents``), a LlamaIndex
 ``BaseEmbedding`` (``get_text_embedding_batch``), or a plain callable from a list of texts to a list of vectors.
 The fitted state (reference vectors and curves) is saved as JSON; the embedding function is not, so pass it
-again to :func:`~clear_integrations.estimate.load_estimator` (``embed=...``).
+again to :func:`~clear_integrations.estimators.base.load_estimator` (``embed=...``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from .curves import CurveBatch
-from .errors import InvalidInput, NotFitted
-from .estimate import Meta, check_training_set
+from ..curves.curve import CurveBatch
+from ..errors import InvalidInput, NotFitted
+from .base import Meta, check_training_set
 from .neighbours import NearestCurves
 
 __all__ = ["EmbeddingEstimator", "embedding_function"]

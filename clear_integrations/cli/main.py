@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ._version import __version__
+from .._version import __version__
 
 __all__ = ["main"]
 
@@ -37,9 +37,9 @@ def _progress(done: int, total: int) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench.curvesets import load_curves, synthetic_curves
-    from .bench.replay import replay
-    from .bench.report import format_table, write_json, write_plot
+    from ..bench.curvesets import load_curves, synthetic_curves
+    from ..bench.replay import replay
+    from ..bench.report import format_table, write_json, write_plot
 
     if args.train:
         train = load_curves(args.train)
@@ -74,14 +74,14 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _bench_speed(args: argparse.Namespace) -> int:
-    from .bench.speed import format_speed, measure_speed
+    from ..bench.speed import format_speed, measure_speed
 
     print(format_speed(measure_speed(args.sizes, repeats=args.repeats)))
     return 0
 
 
 def _bench_overhead(args: argparse.Namespace) -> int:
-    from .bench.overhead import format_overhead, langchain_overhead, llama_index_overhead
+    from ..bench.overhead import format_overhead, langchain_overhead, llama_index_overhead
 
     latency = args.latency / 1000
     print(
@@ -93,9 +93,9 @@ def _bench_overhead(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from .calibrate import calibrate, load_generator
-    from .errors import ClearError
-    from .problems import gsm8k_sample, load_problems
+    from ..calibration.calibrate import calibrate, load_generator
+    from ..calibration.problems import gsm8k_sample, load_problems
+    from ..errors import ClearError
 
     try:
         if args.problems == "gsm8k-sample":
@@ -210,7 +210,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_demo_command(commands)
 
-    from .ledger_cli import add_ledger_commands
+    from .ledger import add_ledger_commands
 
     add_ledger_commands(commands)
 
@@ -222,7 +222,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["bench-ledger"]:
-        from .bench.ledger_bench import main as ledger_main
+        from ..bench.ledger_bench import main as ledger_main
 
         return ledger_main(arguments[1:])
     args = _parser().parse_args(arguments)

@@ -7,10 +7,10 @@ logistic) and a *shape* shared by all queries of one model (``ceiling``, ``floor
     A(b) = floor + (ceiling - floor) * F(b)
 
 where ``F`` rises from 0 to 1: ``floor`` is the accuracy of a very short answer (a guess), ``ceiling`` the
-plateau reached with ample tokens. Each curve satisfies :class:`~clear_integrations.curves.AccuracyCurve`;
+plateau reached with ample tokens. Each curve satisfies :class:`~clear_integrations.curves.curve.AccuracyCurve`;
 its :meth:`knots` are every ``resolution`` tokens up to ``horizon``, the budget from which the curve stays
 within ``1e-3`` of its ceiling. :meth:`best_budget` maximises the surplus ``A(b) - price * b`` in closed form.
-Fit shapes and locations to measured curves with :mod:`clear_integrations.fitting`.
+Fit shapes and locations to measured curves with :mod:`clear_integrations.curves.fitting`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .errors import InvalidBudget, InvalidCurve
+from ..errors import InvalidBudget, InvalidCurve
+from ..validation import check_probability, check_rate, check_tokens
 from .lambertw import lambertwm1
-from .validation import check_probability, check_rate, check_tokens
 
 __all__ = ["SATURATION_GAP", "Logistic", "ShiftedSurge", "curve_from_dict", "logistic_cdf", "surge_cdf"]
 

@@ -1,6 +1,6 @@
 """Least-squares fits of the parametric families to many measured curves on one grid.
 
-Model (both families, see :mod:`clear_integrations.families`): query ``i`` measured at budgets ``b_k > 0``::
+Model (both families, see :mod:`clear_integrations.curves.families`): query ``i`` measured at budgets ``b_k > 0``::
 
     y_ik ~ floor + (c_i - floor) * F(b_k - loc_i; rate)
 
@@ -31,8 +31,8 @@ from typing import Any, ClassVar, Generic, Self, TypeVar, overload
 import numpy as np
 from numpy.typing import NDArray
 
-from .curves import CurveBatch, EmpiricalCurve
-from .errors import InvalidCurve
+from ..errors import InvalidCurve
+from .curve import CurveBatch, EmpiricalCurve
 from .families import Logistic, ShiftedSurge, logistic_cdf, surge_cdf
 
 __all__ = ["LogisticFit", "SurgeFit", "fit_logistic", "fit_shifted_surge", "fit_tau"]

@@ -3,7 +3,7 @@
 A curve says how likely a query is to be answered correctly when its reasoning is cut at ``b`` tokens. The
 allocator needs two things from it: the accuracy at any budget (``accuracy``), and the budgets at which the
 curve can change (``knots``), where it looks for hull vertices. Parametric families live in
-:mod:`clear_integrations.families`.
+:mod:`clear_integrations.curves.families`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Literal, Protocol, overload, runtime_checkable
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .errors import InvalidCurve
+from ..errors import InvalidCurve
 from .hull import upper_hull
 
 __all__ = ["AccuracyCurve", "CurveBatch", "EmpiricalCurve", "isotonic", "scalar_accuracy"]

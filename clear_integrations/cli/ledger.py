@@ -9,7 +9,7 @@ clear-integrations ledger apply redis://redis:6379/0 budgets.toml       # only c
 ```
 
 Bad input exits with code 2 and a message naming the field; an unreachable store exits with code 1.
-Also runs as ``python -m clear_integrations.ledger_cli ...``.
+Also runs as ``python -m clear_integrations.cli.ledger ...``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import ClearError, InvalidBudget, LedgerUnavailable
-from .ledger import Balance, Budget, Ledger, load_budgets, open_ledger
+from ..errors import ClearError, InvalidBudget, LedgerUnavailable
+from ..ledger import Balance, Budget, Ledger, load_budgets, open_ledger
 
 __all__ = ["add_ledger_commands", "format_balances", "main"]
 
@@ -150,7 +150,7 @@ def add_ledger_commands(subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``ledger ...`` on its own (``python -m clear_integrations.ledger_cli show URL ...``)."""
+    """Run ``ledger ...`` on its own (``python -m clear_integrations.cli.ledger show URL ...``)."""
     parser = argparse.ArgumentParser(prog="clear-integrations")
     add_ledger_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     arguments = list(sys.argv[1:] if argv is None else argv)

@@ -1,0 +1,5 @@
+"""The ``clear-integrations`` command: demo, bench, calibrate, ledger."""
+
+from .main import main
+
+__all__ = ["main"]
