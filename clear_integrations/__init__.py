@@ -7,6 +7,7 @@ The core (curves, allocation, pricing, estimators, ledger) imports no framework;
 from ._version import __version__
 from .allocate import Allocation, allocate
 from .baselines import ALLOCATORS, Allocator, greedy_marginal, proportional, uniform
+from .budgeting import AsyncBudgetController, BudgetController, BudgetPolicy, Decision
 from .curves.curve import AccuracyCurve, CurveBatch, EmpiricalCurve, isotonic
 from .curves.families import Logistic, ShiftedSurge
 from .curves.fitting import LogisticFit, SurgeFit, fit_logistic, fit_shifted_surge, fit_tau
@@ -43,7 +44,6 @@ from .ledger import (
     open_async_ledger,
     open_ledger,
 )
-from .policy import AsyncBudgetController, BudgetController, BudgetPolicy, Decision
 from .pricing import PriceDecision, PriceState, ShadowPrice
 
 __all__ = [

@@ -3,14 +3,20 @@
 ```
 ClearError
 ├── InvalidInput (also a ValueError): names the field and the value that was refused
-│   ├── InvalidBudget        token amounts, budgets, windows
+│   ├── InvalidBudget        token amounts, budgets, windows, policy settings
 │   ├── InvalidCurve         accuracy-at-budget points
 │   ├── InvalidAccount       tenant / session / pool identifiers
 │   ├── InvalidLedgerURL     a ledger URL with an unknown scheme or a malformed location
-│   └── InvalidUsage         usage reported by a provider or a caller
-├── BudgetExceeded           a hard budget cannot grant the tokens asked for
-├── QueryAbandoned           the policy decided that a query is not worth its tokens
+│   ├── InvalidUsage         usage reported by a provider or a caller
+│   ├── InvalidProblem       a problem file or record (calibration)
+│   ├── CalibrationMismatch  a calibration file written with other budgets or samples
+│   ├── ScriptExhausted      a metered test double ran out of scripted answers
+│   └── Unsupported          a model or an option that cannot do what was asked (e.g. tools on a model without them)
+├── BudgetExceeded           the ledger cannot grant the tokens asked for (the ledger API)
+├── QueryAbandoned           a call was not made: the budget is spent or the price says it is not worth it
+│                            (what every adapter raises when told to raise; names the account and what remains)
 ├── NotFitted                an estimator was used before it was fitted
+├── LocalModelUnavailable    the embedded local model (llama.cpp, SmolLM2) is not installed
 └── LedgerError
     ├── LedgerUnavailable    the ledger's store cannot be reached
     ├── UnknownReservation   no reservation has this id
@@ -18,7 +24,7 @@ ClearError
 ```
 
 ``ClearWarning`` (a ``UserWarning``) flags what works but may not do what the user expects, for example a model
-that exposes no completion-cap parameter.
+that exposes no completion-cap parameter, or a part of a chain that cannot be capped.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 
 __all__ = [
     "BudgetExceeded",
+    "CalibrationMismatch",
     "ClearError",
     "ClearWarning",
     "InvalidAccount",
@@ -35,13 +42,17 @@ __all__ = [
     "InvalidCurve",
     "InvalidInput",
     "InvalidLedgerURL",
+    "InvalidProblem",
     "InvalidUsage",
     "LedgerError",
     "LedgerUnavailable",
+    "LocalModelUnavailable",
     "NotFitted",
     "QueryAbandoned",
     "ReservationClosed",
+    "ScriptExhausted",
     "UnknownReservation",
+    "Unsupported",
 ]
 
 
@@ -83,6 +94,22 @@ class InvalidUsage(InvalidInput):
     """Token usage reported after a call is malformed."""
 
 
+class InvalidProblem(InvalidInput):
+    """A problem file or record is malformed (missing field, bad JSON, no gold answer, duplicate id)."""
+
+
+class CalibrationMismatch(InvalidInput):
+    """The output file was written by a run with other settings (``field``: budgets or samples)."""
+
+
+class ScriptExhausted(InvalidInput):
+    """A list of answer lengths has no entry left for this call (``field`` names the list)."""
+
+
+class Unsupported(InvalidInput):
+    """A model or an option cannot do what was asked (``field`` names it; ``reason`` says what instead)."""
+
+
 class BudgetExceeded(ClearError):
     """A hard budget cannot grant ``requested`` tokens.
 
@@ -107,19 +134,43 @@ class BudgetExceeded(ClearError):
 
 
 class QueryAbandoned(ClearError):
-    """The policy abandoned a query: its best expected accuracy does not pay for its tokens.
+    """A model call was not made: the budget cannot pay for it, or the policy decided it is not worth its tokens.
 
-    ``shadow_price`` is the price of a token when the decision was made; ``expected_accuracy`` the best
-    accuracy the query's curve promised; ``reason`` a human-readable explanation.
+    Every adapter ends this one way when told to raise (``on_abandon="raise"``, structured output):
+
+    - ``reason``: why, in words (``"the budget is exhausted"``, ``"no budget is worth its tokens at the price"``);
+    - ``scope``: who was to pay (``tenant`` or ``tenant/session``);
+    - ``account`` and ``remaining``: the account that refused and the tokens it had left (when a budget refused);
+    - ``shadow_price`` and ``expected_accuracy``: the pool's price and the best accuracy the query's curve promised
+      (when the price decided).
     """
 
-    def __init__(self, reason: str, *, shadow_price: float, expected_accuracy: float) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        shadow_price: float | None = None,
+        expected_accuracy: float | None = None,
+        scope: str | None = None,
+        account: str | None = None,
+        remaining: int | None = None,
+    ) -> None:
         self.reason = reason
         self.shadow_price = shadow_price
         self.expected_accuracy = expected_accuracy
-        super().__init__(
-            f"query abandoned: {reason} (shadow price {shadow_price:.3g}, expected accuracy {expected_accuracy:.3g})"
-        )
+        self.scope = scope
+        self.account = account
+        self.remaining = remaining
+        where = "" if scope is None else f" for {scope!r}"
+        details = []
+        if account is not None:
+            details.append(f"{account!r} has {remaining if remaining is not None else 'no'} tokens left")
+        if shadow_price is not None:
+            details.append(f"shadow price {shadow_price:.3g}")
+        if expected_accuracy is not None:
+            details.append(f"expected accuracy {expected_accuracy:.3g}")
+        suffix = f" ({', '.join(details)})" if details else ""
+        super().__init__(f"query abandoned{where}: {reason}{suffix}")
 
 
 class NotFitted(ClearError):
@@ -128,6 +179,15 @@ class NotFitted(ClearError):
     def __init__(self, estimator: str) -> None:
         self.estimator = estimator
         super().__init__(f"estimator {estimator!r} is not fitted: call fit() or load a fitted one first")
+
+
+class LocalModelUnavailable(ClearError):
+    """The local model cannot be used: ``what`` is missing; ``hint`` says how to install it."""
+
+    def __init__(self, what: str, hint: str) -> None:
+        self.what = what
+        self.hint = hint
+        super().__init__(f"{what} is not available: {hint}")
 
 
 class LedgerError(ClearError):

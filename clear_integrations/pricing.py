@@ -157,7 +157,15 @@ class ShadowPrice:
         """Return granted tokens that were not used (a call that stopped before its cap)."""
         tokens = check_tokens("tokens", tokens)
         with self._lock:
-            self._state = replace(self._state, spent=self._state.spent - tokens)
+            self._state = self.paced(self._state, -tokens, force=True) or self._state
+
+    def paced(self, state: PriceState, delta: int, *, force: bool = False) -> PriceState | None:
+        """``state`` with ``delta`` more tokens spent (fewer when negative: a refund), or None when an increase does
+        not fit the token bucket (the target accrued plus ``burst``); ``force`` books it anyway (tokens already
+        spent). Pure, like :meth:`transition`, so a ledger can compare-and-set the result."""
+        if delta > 0 and not force and state.spent + delta > state.allowance + self.burst:
+            return None
+        return replace(state, spent=state.spent + delta)
 
     def transition(
         self, state: PriceState, curve: AccuracyCurve, *, overhead: int = 0

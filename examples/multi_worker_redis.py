@@ -42,7 +42,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -57,6 +57,7 @@ from langchain_core.prompts import ChatPromptTemplate
 
 from clear_integrations import Budget, BudgetPolicy, CurveBatch, Decision, Ledger, open_ledger
 from clear_integrations.adapters.langchain import ClearBudget
+from clear_integrations.budgeting import current_decision
 from clear_integrations.calibration.problems import gsm8k_sample
 from clear_integrations.errors import ClearError
 from clear_integrations.estimators.base import Meta
@@ -145,16 +146,14 @@ class Settings:
 
 
 class Recorder(BaseCallbackHandler):
-    """Sees each query's decision: the proxy puts it in the model run's metadata; abandoned queries come through
-    ``on_abandon``."""
+    """Sees each query's decision: the budgeted model puts it in its answer's ``response_metadata``; abandoned
+    queries come through ``on_abandon``."""
 
-    def __init__(self, on_call: Callable[[int, dict[str, Any]], None] | None = None) -> None:
+    def __init__(self) -> None:
         self.price: float | None = None
         self.reason = ""
         self.abandoned = False
         self.tokens = 0
-        self.calls = 0
-        self.on_call = on_call
 
     def reset(self) -> None:
         self.price, self.reason, self.abandoned, self.tokens = None, "", False, 0
@@ -163,18 +162,13 @@ class Recorder(BaseCallbackHandler):
         self.price, self.reason, self.abandoned = decision.shadow_price, decision.reason, True
         return AIMessage(content="(abandoned)")
 
-    def on_chat_model_start(self, serialized: Any, messages: Any, *, metadata: Any = None, **kwargs: Any) -> None:
-        if self.price is None and metadata:
-            self.price = metadata.get("clear_shadow_price")
-            self.reason = metadata.get("clear_reason", "")
-        self.calls += 1
-        if self.on_call is not None:
-            self.on_call(self.calls, metadata or {})
-
     def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
         for generation in response.generations[0]:
-            usage = getattr(getattr(generation, "message", None), "usage_metadata", None) or {}
-            self.tokens += usage.get("total_tokens", 0)
+            message = getattr(generation, "message", None)
+            metadata = getattr(message, "response_metadata", None) or {}
+            if self.price is None and not self.abandoned:
+                self.price, self.reason = metadata.get("clear_shadow_price"), metadata.get("clear_reason", "")
+            self.tokens += (getattr(message, "usage_metadata", None) or {}).get("total_tokens", 0)
 
 
 def worker_questions(index: int, count: int, seed: int) -> list[str]:
@@ -199,14 +193,20 @@ def worker(index: int, count: int, settings: Settings, conn: Connection, barrier
     )
     kill_after = settings.kill_after if index == 0 else None
 
-    def hang(call: int, metadata: dict[str, Any]) -> None:  # a call that never returns, its tokens held
-        if kill_after is not None and call > kill_after:
-            reservation = metadata.get("clear_reservation")
+    calls = 0
+
+    def length_or_hang(messages: Sequence[BaseMessage]) -> int:  # inside the provider call: its tokens are held
+        nonlocal calls
+        calls += 1
+        decision = current_decision()
+        if kill_after is not None and calls > kill_after and decision is not None and decision.reservation:
+            reservation = decision.reservation.id
             conn.send({"kind": "in_flight", "worker": index, "pid": os.getpid(), "reservation": reservation})
             time.sleep(3600)  # the parent kills us with SIGKILL
+        return answer_length(messages)
 
-    recorder = Recorder(on_call=hang)
-    model = MeteredFakeChatModel(response_tokens=answer_length, latency=0.002)
+    recorder = Recorder()
+    model = MeteredFakeChatModel(response_tokens=length_or_hang, latency=0.002)
     chain = ClearBudget(
         PROMPT | model | StrOutputParser(), ledger=ledger, tenant=TENANT, policy=policy, on_abandon=recorder.abandon
     )

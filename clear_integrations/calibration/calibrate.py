@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bench.curvesets import CurveSet, load_jsonl
-from ..errors import InvalidInput, InvalidUsage
+from ..errors import CalibrationMismatch, InvalidInput, InvalidUsage
 from ..validation import check_tokens
 from .generators import (
     Generation,
@@ -61,10 +61,6 @@ __all__ = [
 
 Progress = Callable[[int, int], None]
 ProblemGrader = Callable[[Problem, str], bool]
-
-
-class CalibrationMismatch(InvalidInput):
-    """The output file was written by a run with other settings (``field``: budgets or samples)."""
 
 
 def default_grade(problem: Problem, text: str) -> bool:

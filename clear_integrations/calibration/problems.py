@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import InvalidInput
+from ..errors import InvalidProblem
 
 __all__ = [
     "InvalidProblem",
@@ -33,10 +33,6 @@ __all__ = [
 
 ProblemKind = Literal["gsm8k", "math"]
 PROBLEM_KINDS: tuple[ProblemKind, ...] = ("gsm8k", "math")
-
-
-class InvalidProblem(InvalidInput):
-    """A problem file or record is malformed (missing field, bad JSON, no gold answer, duplicate id)."""
 
 
 @dataclass(frozen=True)

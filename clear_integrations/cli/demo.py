@@ -28,11 +28,11 @@ import numpy as np
 
 from ..allocate import allocate
 from ..baselines import uniform
+from ..budgeting import BudgetPolicy
 from ..calibration.problems import Problem, gsm8k_sample
 from ..curves.curve import CurveBatch
 from ..curves.families import ShiftedSurge
 from ..ledger import Budget, Ledger, open_ledger
-from ..policy import BudgetPolicy
 
 __all__ = ["DemoRow", "QuantityEstimator", "add_demo_command", "run_demo"]
 

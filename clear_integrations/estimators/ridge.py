@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ..errors import NotFitted
+
 __all__ = ["Ridge"]
 
 
@@ -43,7 +45,7 @@ class Ridge:
 
     def predict(self, x: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
         if self.weights is None or self.center is None or self.scale is None or self.intercept is None:
-            raise RuntimeError("Ridge.predict before fit")
+            raise NotFitted("Ridge")
         result: NDArray[np.float64] = ((x - self.center) / self.scale) @ self.weights + self.intercept
         return result
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from ..errors import BudgetExceeded, ReservationClosed, UnknownReservation
+from ..errors import BudgetExceeded, LedgerError, ReservationClosed, UnknownReservation
 from .accounts import Scope, parse_scope
 from .checks import Charge
 from .model import Balance, Budget, Event, EventKind, Reservation, UsageTotals
@@ -161,7 +161,10 @@ def reserve(
     """
     existing = txn.reservation(rid)
     if existing is not None:
-        return Reservation(rid, existing.scope, existing.tokens, existing.requested, existing.created, existing.expires)
+        limited = any(_hard(txn.account(name)) for name in parse_scope(existing.scope).path)
+        return Reservation(
+            rid, existing.scope, existing.tokens, existing.requested, existing.created, existing.expires, limited
+        )
     expire_due(txn, scope.tenant, now)
     accounts = [txn.account(name) for name in scope.path]
     grant, short = tokens, False
@@ -186,7 +189,11 @@ def reserve(
     expires = now + lease
     txn.save_reservation(ReservationRecord(rid, scope.name, grant, tokens, "held", now, expires))
     txn.append((txn.next_seq(), now, "reserve", scope.name, rid, grant, 0, 0, 0, 0, False, False, over, ""))
-    return Reservation(rid, scope.name, grant, tokens, now, expires)
+    return Reservation(rid, scope.name, grant, tokens, now, expires, any(_hard(a) for a in accounts))
+
+
+def _hard(account: AccountState) -> bool:
+    return account.limit is not None and account.mode == "hard"
 
 
 def _refusal(accounts: list[AccountState], tokens: int, minimum: int | None) -> BudgetExceeded:
@@ -339,5 +346,5 @@ def usage_from_events(rows: Iterable[Sequence[Any]], account: str, reset_seq: in
 def event_kind(value: str) -> EventKind:
     """Check a stored event kind."""
     if value not in ("reserve", "commit", "release", "expire", "set_budget", "remove_budget", "reset"):
-        raise ValueError(f"unknown event kind {value!r}")
+        raise LedgerError(f"the store holds an event of unknown kind {value!r}")
     return value  # type: ignore[return-value]

@@ -27,8 +27,9 @@ from .checks import (
     to_charge,
     to_since,
 )
+from .memory import MemoryStore
 from .model import Balance, Budget, Event, Reservation, Usage, UsageTotals
-from .store import AsyncStore, Store
+from .store import AsyncStore, Store, ThreadedAsyncStore
 
 __all__ = ["DEFAULT_LEASE", "AsyncLedger", "Clock", "Ledger"]
 
@@ -170,11 +171,29 @@ class Ledger(_Base):
 
 
 class AsyncLedger(_Base):
-    """The async twin of :class:`Ledger`: the same methods, awaited. Open with ``open_async_ledger``."""
+    """The async twin of :class:`Ledger`: the same methods, awaited. Open with ``open_async_ledger``, or take the
+    twin of a sync ledger on the same store with :meth:`of`."""
 
     def __init__(self, store: AsyncStore, *, clock: Clock | None = None) -> None:
         super().__init__(clock)
         self.store = store
+
+    @classmethod
+    def of(cls, ledger: Ledger) -> AsyncLedger:
+        """An async ledger on ``ledger``'s own store and clock: each step runs in a worker thread, inline for an
+        in-memory store (a few microseconds under a lock), so the event loop never waits on I/O."""
+        return cls(ThreadedAsyncStore(ledger.store, offload=not isinstance(ledger.store, MemoryStore)),
+                   clock=ledger._clock)  # fmt: skip
+
+    def shares_store_with(self, ledger: Ledger) -> bool:
+        """Whether this ledger and ``ledger`` read and write the same budgets: the same store object, or the same
+        SQLite file or Redis database and key prefix (an unnamed ``memory://`` store belongs to one open only)."""
+        inner = getattr(self.store, "store", None)  # a sync store served in worker threads
+        if inner is ledger.store:
+            return True
+        if isinstance(ledger.store, MemoryStore) or isinstance(inner, MemoryStore):
+            return False
+        return self.url == ledger.url and getattr(self.store, "prefix", None) == getattr(ledger.store, "prefix", None)
 
     @property
     def url(self) -> str:

@@ -80,12 +80,25 @@ class Usage:
         """The tokens charged against budgets: ``prompt + completion``."""
         return self.prompt + self.completion
 
+    def __add__(self, other: Usage) -> Usage:
+        """The usage of two calls together (estimated if either was)."""
+        if not isinstance(other, Usage):
+            return NotImplemented
+        return Usage(
+            self.prompt + other.prompt,
+            self.completion + other.completion,
+            self.reasoning + other.reasoning,
+            self.estimated or other.estimated,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
     """Tokens held on every account of ``account``'s path until committed, released or expired.
 
     ``tokens`` were granted out of ``requested``; the lease runs out at ``expires_at`` (Unix seconds).
+    ``limited`` is True when a hard budget on the path bounds the grant: the call must then stay within
+    ``tokens`` (what it uses beyond them is charged as overage past the limit).
     """
 
     id: str
@@ -94,6 +107,7 @@ class Reservation:
     requested: int
     created_at: float
     expires_at: float
+    limited: bool = True
 
     @property
     def tenant(self) -> str:

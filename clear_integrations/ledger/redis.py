@@ -70,6 +70,7 @@ class RedisStore:
     def __init__(self, url: str, *, prefix: str = "clear:", retention: float = DEFAULT_RETENTION) -> None:
         self.url = url
         self._layout = RedisLayout(prefix)
+        self.prefix = prefix
         self._retention = retention
         self._local = threading.local()
         # this store's per-thread connections, for close(); weak, so a finished thread's one is collected
@@ -207,6 +208,7 @@ class AsyncRedisStore:
     def __init__(self, url: str, *, prefix: str = "clear:", retention: float = DEFAULT_RETENTION) -> None:
         self.url = url
         self._layout = RedisLayout(prefix)
+        self.prefix = prefix
         self._retention = retention
         with _guard(url):
             pool = redis.asyncio.BlockingConnectionPool.from_url(

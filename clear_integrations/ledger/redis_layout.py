@@ -110,9 +110,9 @@ class RedisLayout:
     ) -> Reservation:
         """The :class:`Reservation` of a ``reserve`` reply (the first one's for a retry), or :class:`BudgetExceeded`."""
         if int(reply[0]) == 1:
-            if len(reply) > 2:  # the reservation existed: a retried call
-                return Reservation(rid, scope.name, int(reply[1]), int(reply[2]), float(reply[3]), float(reply[4]))
-            return Reservation(rid, scope.name, int(reply[1]), tokens, now, expires)
+            if len(reply) > 3:  # the reservation existed: a retried call
+                tokens, now, expires = int(reply[3]), float(reply[4]), float(reply[5])
+            return Reservation(rid, scope.name, int(reply[1]), tokens, now, expires, int(reply[2]) == 1)
         pairs = reply[2:]
         remaining = {str(pairs[i]): int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
         raise BudgetExceeded(str(reply[1]), tokens if minimum is None else minimum, remaining)

@@ -39,6 +39,7 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
+from ..errors import InvalidInput
 from .script import (
     AnswerLength,
     CallLog,
@@ -233,7 +234,7 @@ class MeteredMockLLM(FunctionCallingLLM):
     ) -> list[ToolSelection]:
         blocks = [block for block in response.message.blocks if isinstance(block, ToolCallBlock)]
         if not blocks and error_on_no_tool_call:
-            raise ValueError("Expected at least one tool call, but the response has none.")
+            raise InvalidInput("response", response.message.content, "expected at least one tool call, but it has none")
         return [
             ToolSelection(
                 tool_id=block.tool_call_id or "",

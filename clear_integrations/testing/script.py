@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar
 
-from ..errors import InvalidBudget, InvalidInput
+from ..errors import InvalidBudget, InvalidInput, ScriptExhausted
 
 __all__ = [
     "CAP_PARAMS", "VOCABULARY", "AnswerLength", "CallLog", "MeteredCall", "Plan", "ScriptExhausted", "ScriptState",
@@ -45,10 +45,6 @@ AnswerLength: TypeAlias = int | Sequence[int] | Callable[[list[M]], int]
 
 ToolCallScript: TypeAlias = Sequence[Sequence[Mapping[str, Any]]]
 """One entry per call made with tools bound: the tool calls (``{"name", "args", "id"?}``) to answer with."""
-
-
-class ScriptExhausted(InvalidInput):
-    """A list of answer lengths has no entry left for this call (``field`` names the list)."""
 
 
 def count_words(text: str) -> int:

@@ -1,7 +1,7 @@
 """MkDocs hooks (local code, nothing downloaded): tidy reST idioms of the docstrings in the rendered API reference.
 
 The docstrings are Google style with a few Sphinx habits that Markdown leaves as text: roles such as
-``:class:`~clear_integrations.policy.Decision``` (rendered ``:class:<code>~...Decision</code>``) and a paragraph
+``:class:`~clear_integrations.budgeting.Decision``` (rendered ``:class:<code>~...Decision</code>``) and a paragraph
 ending in ``::`` before a literal block. Show them as the code name alone (the last dotted part when the target
 starts with ``~``, as Sphinx does) and a single colon.
 """

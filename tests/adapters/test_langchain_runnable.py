@@ -7,10 +7,11 @@ from typing import Any
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.output_parsers import StrOutputParser
+from langchain_core.outputs import LLMResult
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda, RunnableParallel
 
-from clear_integrations import Budget, BudgetPolicy, QueryAbandoned, open_async_ledger, open_ledger
+from clear_integrations import AsyncLedger, Budget, BudgetPolicy, QueryAbandoned, open_ledger
 from clear_integrations.adapters.langchain.runnable import ClearBudget
 from clear_integrations.testing import MeteredFakeChatModel
 
@@ -105,8 +106,8 @@ def test_decision_is_visible_to_callbacks() -> None:
     seen: list[dict[str, Any]] = []
 
     class Spy(BaseCallbackHandler):
-        def on_chat_model_start(self, serialized: Any, messages: Any, **kwargs: Any) -> None:
-            seen.append(kwargs.get("metadata") or {})
+        def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
+            seen.append(response.generations[0][0].message.response_metadata)  # type: ignore[attr-defined]
 
     ledger = open_ledger("memory://")
     ledger.set_budget("acme", Budget(tokens=10_000))
@@ -114,12 +115,13 @@ def test_decision_is_visible_to_callbacks() -> None:
                         policy=BudgetPolicy(max_tokens=8))
     chain.invoke({"q": "hi"}, config={"callbacks": [Spy()]})
     assert seen and seen[0]["clear_action"] == "cap" and seen[0]["clear_max_tokens"] == 8
+    assert seen[0]["clear_usage"] == {"prompt": 1, "completion": 5, "reasoning": 0, "estimated": False}
 
 
 @pytest.mark.anyio
 async def test_abatch_of_200_on_a_budget_for_50_loses_nothing() -> None:
     ledger = open_ledger("memory://")
-    async_ledger = open_async_ledger("memory://")
+    async_ledger = AsyncLedger.of(ledger)  # the same store (another open of an unnamed memory:// is refused)
     await async_ledger.set_budget("acme", Budget(tokens=50 * 42))  # 50 answers of 1 + 41 tokens
     model = MeteredFakeChatModel(response_tokens=41)
     chain = ClearBudget(PROMPT | model | StrOutputParser(), ledger=ledger, tenant="acme",
@@ -228,6 +230,6 @@ async def test_astream_events_sees_the_real_model_run() -> None:
     events = [e async for e in chain.astream_events({"q": "events"}, version="v2")]
     streamed = [e for e in events if e["event"] == "on_chat_model_stream"]
     assert len(streamed) >= 4
-    start = next(e for e in events if e["event"] == "on_chat_model_start")
-    assert start["metadata"]["clear_max_tokens"] == 4
+    end = next(e for e in events if e["event"] == "on_chat_model_end")
+    assert end["data"]["output"].response_metadata["clear_max_tokens"] == 4
     assert ledger.balance("acme").spent == 1 + 4

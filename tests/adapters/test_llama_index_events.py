@@ -40,10 +40,11 @@ def ledger() -> Ledger:
 @pytest.fixture
 def handler(ledger: Ledger) -> Iterator[ClearEventHandler]:
     """A handler on the root dispatcher for one test, always removed after it (the dispatcher is global)."""
-    before = list(get_dispatcher().event_handlers)
+    dispatcher = get_dispatcher()
+    before = list(dispatcher.event_handlers), list(dispatcher.span_handlers)
     with ClearEventHandler.install(ledger, tenant="acme") as installed:
         yield installed
-    assert get_dispatcher().event_handlers == before
+    assert (dispatcher.event_handlers, dispatcher.span_handlers) == before
 
 
 def add(a: int, b: int) -> int:
@@ -334,21 +335,23 @@ def test_hard_budget_records_full_usage_and_keeps_what_it_cannot(
 
 def test_attach_is_idempotent_and_detach_removes_only_this_handler(ledger: Ledger) -> None:
     dispatcher = get_dispatcher()
-    before = list(dispatcher.event_handlers)
+    before = list(dispatcher.event_handlers), list(dispatcher.span_handlers)
     first, second = ClearEventHandler(ledger, tenant="a"), ClearEventHandler(ledger, tenant="a")
     try:
         first.attach().attach()
         second.attach()
         assert [h for h in dispatcher.event_handlers if isinstance(h, ClearEventHandler)] == [first, second]
+        assert len(dispatcher.span_handlers) == len(before[1]) + 2  # one span handler each
         first.detach()
         assert [h for h in dispatcher.event_handlers if h is first or h is second] == [second]
+        assert len(dispatcher.span_handlers) == len(before[1]) + 1
     finally:
         first.detach()
         second.detach()
-    assert dispatcher.event_handlers == before
+    assert (dispatcher.event_handlers, dispatcher.span_handlers) == before
     with pytest.raises(RuntimeError), ClearEventHandler.install(ledger, tenant="a"):
         raise RuntimeError("the block failed")
-    assert dispatcher.event_handlers == before
+    assert (dispatcher.event_handlers, dispatcher.span_handlers) == before
 
 
 def _obj(**fields: Any) -> SimpleNamespace:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,4 +30,5 @@ def test_llama_index_agent_example() -> None:
 def test_llama_index_query_example() -> None:
     out = _run("llama_index_query.py")
     assert out.count("Q: ") == 4 and "within the token budget" in out
-    assert "acme spent 600 of 600 tokens" in out
+    spent = int(re.search(r"acme spent (\d+) of 600 tokens", out).group(1))  # type: ignore[union-attr]
+    assert 600 - 130 <= spent <= 600  # the last question that fits its prompt plus min_tokens got what was left

@@ -16,8 +16,17 @@ from llama_index.core.instrumentation.events.llm import LLMChatStartEvent, LLMCo
 from llama_index_instrumentation.dispatcher import instrument_tags
 from pydantic import BaseModel
 
-from clear_integrations import Budget, BudgetPolicy, CurveBatch, QueryAbandoned, open_async_ledger, open_ledger
+from clear_integrations import (
+    AsyncLedger,
+    Budget,
+    BudgetPolicy,
+    CurveBatch,
+    InvalidInput,
+    QueryAbandoned,
+    open_ledger,
+)
 from clear_integrations.adapters.llama_index import BUDGETED_TAG, ClearBudgetLLM, clear_scope
+from clear_integrations.errors import Unsupported
 from clear_integrations.ledger import Ledger
 from clear_integrations.testing import MeteredMockLLM
 
@@ -88,10 +97,7 @@ def test_a_per_call_cap_and_the_inner_field_are_honoured() -> None:
 @pytest.mark.parametrize("native", [True, False], ids=["async-ledger", "sync-ledger-in-thread"])
 async def test_async_variants(native: bool) -> None:
     ledger = _ledger()
-    extra = {"async_ledger": open_async_ledger("memory://")} if native else {}
-    if native:
-        await extra["async_ledger"].set_budget("acme", Budget(tokens=100_000))
-    book = extra.get("async_ledger", ledger)
+    extra = {"async_ledger": AsyncLedger.of(ledger)} if native else {}
     mock = MeteredMockLLM(response_tokens=50)
     llm = ClearBudgetLLM(mock, ledger=ledger, tenant="acme", policy=BudgetPolicy(max_tokens=12), **extra)
     await llm.acomplete("q")
@@ -99,7 +105,7 @@ async def test_async_variants(native: bool) -> None:
     pieces = [c async for c in await llm.astream_complete("q")]
     chunks = [c async for c in await llm.astream_chat(_user("q"))]
     assert len(pieces) == len(chunks) == 12 and [c.cap for c in mock.calls] == [12] * 4
-    balance = (await book.balance("acme")) if native else book.balance("acme")
+    balance = ledger.balance("acme")
     assert balance.spent == _spent(mock) and balance.held == 0
 
 
@@ -109,9 +115,7 @@ async def test_200_concurrent_acomplete_on_a_budget_for_50(native: bool) -> None
     per_call = 2 + 20  # "question N" + 20 answer tokens
     mock = MeteredMockLLM(response_tokens=20, latency=0.001)
     sync = _ledger(50 * per_call)
-    async_ledger = open_async_ledger("memory://") if native else None
-    if async_ledger is not None:
-        await async_ledger.set_budget("acme", Budget(tokens=50 * per_call))
+    async_ledger = AsyncLedger.of(sync) if native else None
     llm = ClearBudgetLLM(mock, ledger=sync, tenant="acme", async_ledger=async_ledger,
                          policy=BudgetPolicy(reserve_tokens=20, wait=0.0))
     results: list[CompletionResponse] = []
@@ -123,7 +127,7 @@ async def test_200_concurrent_acomplete_on_a_budget_for_50(native: bool) -> None
         for i in range(200):
             tg.start_soon(one, i)
     balance = (await async_ledger.balance("acme")) if async_ledger is not None else sync.balance("acme")
-    answered = [r for r in results if "clear_action" not in r.additional_kwargs]
+    answered = [r for r in results if r.additional_kwargs.get("clear_action") != "abandon"]
     abandoned = [r for r in results if r.additional_kwargs.get("clear_action") == "abandon"]
     assert len(results) == 200 and len(answered) + len(abandoned) == 200  # nothing lost
     assert len(answered) == len(mock.calls) == 50
@@ -188,7 +192,7 @@ def test_bad_arguments_fail_at_construction() -> None:
 
     with pytest.raises(InvalidAccount):
         ClearBudgetLLM(MeteredMockLLM(), ledger=_ledger(), tenant="")
-    with pytest.raises(TypeError, match="on_abandon"):
+    with pytest.raises(InvalidInput, match="on_abandon"):
         ClearBudgetLLM(MeteredMockLLM(), ledger=_ledger(), tenant="acme", on_abandon=3)  # type: ignore[arg-type]
 
 
@@ -296,7 +300,7 @@ def test_metadata_tools_and_structured_prediction_go_through_the_inner_llm() -> 
     assert song == Song(title="Blue") and mock.calls[-1].tool_calls == ("Song",)
     plain = ClearBudgetLLM(MockLLM(), ledger=_ledger(), tenant="acme")
     assert not plain.metadata.is_function_calling_model
-    with pytest.raises(TypeError, match="not a FunctionCallingLLM"):
+    with pytest.raises(Unsupported, match="not a FunctionCallingLLM"):
         plain.get_tool_calls_from_response(plain.chat(_user("x")))
     assert plain.ledger.usage("acme").estimated_calls == 1  # MockLLM reports no usage: tiktoken, marked
 

@@ -100,7 +100,7 @@ def test_a_streamed_answer_stops_at_a_budget_cap(llama_cpp_llm: Any) -> None:
     prompt_tokens = len(llama_cpp_llm._model.tokenize(llm_prompt.encode(), add_bos=False, special=True))
     ledger = open_ledger("memory://")
     ledger.set_budget("acme", Budget(tokens=prompt_tokens + 9))  # room for 9 completion tokens only
-    llm = ClearBudgetLLM(llama_cpp_llm, ledger=ledger, tenant="acme")
+    llm = ClearBudgetLLM(llama_cpp_llm, ledger=ledger, tenant="acme", policy=BudgetPolicy(min_tokens=8))
     recording = _Recording(llama_cpp_llm._model)
     llama_cpp_llm._model = recording
     try:

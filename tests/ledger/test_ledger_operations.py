@@ -47,6 +47,16 @@ def test_reserve_holds_on_tenant_and_session(ledger: Ledger) -> None:
     assert tenant_refused.value.remaining == {"acme": 100}
 
 
+def test_a_reservation_says_whether_a_hard_budget_bounds_it(ledger: Ledger) -> None:
+    assert not ledger.reserve("free/s", 50).limited  # no budget anywhere on the path
+    ledger.set_budget("soft", Budget(100, mode="soft"))
+    assert not ledger.reserve("soft/s", 50).limited  # a soft budget never bounds a grant
+    ledger.set_budget("hard/s", Budget(100))
+    bounded = ledger.reserve_up_to("hard/s", 50)
+    assert bounded.limited and ledger.reserve("hard", 10).limited is False  # the session's budget, not the tenant's
+    ledger.release(bounded)
+
+
 def test_accounts_without_budget_are_tracked_but_unlimited(ledger: Ledger) -> None:
     r = ledger.reserve("free/s", 10**9)
     b = ledger.balance("free")

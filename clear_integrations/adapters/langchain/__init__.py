@@ -1,18 +1,23 @@
-"""LangChain adapter (langchain-core 1.8).
+"""LangChain adapter (langchain-core 1.8, langchain 1.x, LangGraph).
 
-- :class:`ClearBudget` wraps any runnable: every chat model or LLM inside it is decided, capped in its provider's
-  own parameter and accounted for on the ledger (see :mod:`.runnable` for how the cap reaches nested models).
-- :class:`ClearBudgetMiddleware` caps each model step of a ``create_agent`` agent and ends the loop gracefully
-  when the budget or the price says stop.
+- :func:`budgeted` puts one model under a ledger's budgets: the result is a real chat model / LLM / embeddings
+  object (:class:`BudgetedChatModel`, :class:`BudgetedLLM`, :class:`BudgetedEmbeddings`) usable wherever the model
+  went: LCEL, LangGraph nodes, ``create_agent``, ``create_react_agent``, tools, structured output.
+- :class:`ClearBudget` wraps a chain or a compiled graph: it budgets every model it can reach, says which it cannot.
+- :class:`ClearBudgetMiddleware` budgets each model step of a ``create_agent`` agent and ends the loop gracefully.
 - :class:`ClearCallbackHandler` accounts for every model call of any chain or agent, from callbacks only.
 - :func:`cap_model` puts a completion cap into one model (OpenAI, Anthropic, Ollama, llama.cpp, ...).
 """
 
 from typing import TYPE_CHECKING, Any
 
+from .budgeted import budgeted
 from .callback import ClearCallbackHandler
 from .caps import CAP_FIELDS, cap_model, current_cap
-from .proxy import BudgetedModel
+from .chat_model import BudgetedChatModel
+from .embeddings import BudgetedEmbeddings
+from .llm import BudgetedLLM
+from .proxy import BUDGETED_TAG
 from .runnable import ClearBudget, budget_models
 
 if TYPE_CHECKING:
@@ -27,13 +32,18 @@ def __getattr__(name: str) -> Any:
         return ClearBudgetMiddleware
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = [
+    "BUDGETED_TAG",
     "CAP_FIELDS",
-    "BudgetedModel",
+    "BudgetedChatModel",
+    "BudgetedEmbeddings",
+    "BudgetedLLM",
     "ClearBudget",
     "ClearBudgetMiddleware",
     "ClearCallbackHandler",
     "budget_models",
+    "budgeted",
     "cap_model",
     "current_cap",
 ]

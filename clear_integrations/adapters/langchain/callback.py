@@ -2,25 +2,26 @@
 
 ```python
 from clear_integrations import open_ledger
-from clear_integrations.adapters.langchain.callback import ClearCallbackHandler
+from clear_integrations.adapters.langchain import ClearCallbackHandler
 
 ledger = open_ledger("memory://")
 chain.invoke(x, config={"callbacks": [ClearCallbackHandler(ledger, tenant="acme")]})
 ledger.usage("acme")            # prompt, completion, reasoning, calls, estimated_calls
 ```
 
-Each LLM or chat-model run is charged to ``tenant`` (or ``tenant/session``); a run's ``metadata`` keys
-``clear_tenant`` / ``clear_session`` override them, and child runs inherit metadata.
+Each LLM or chat-model run is charged to its payer, resolved as budgeted models resolve it
+(:mod:`clear_integrations.budgeting.payer`): ``clear_tenant`` / ``clear_session`` in the run's metadata,
+``clear_scope``, the handler's ``tenant`` / ``session``, the run's ``thread_id`` as the session. Child runs inherit
+metadata.
 
 * **start**: reserve (``reserve_up_to``: a nearly spent budget grants what it has left) the prompt, counted
   offline with bound tool schemas, plus the cap (``ls_max_tokens``, a ``max_tokens``-like invocation parameter,
-  else ``reserve_tokens``). With nothing left, ``raise_on_exhausted=True`` raises ``BudgetExceeded`` before the
-  provider is called (``raise_error`` is then set, so it propagates on sync and async paths); runs of the same
-  model call started before it get no end event and are released here. Otherwise the run goes on unreserved.
-* **end**: commit the provider's usage summed over all generations (``usage_metadata``; one response's usage
-  repeated on its ``n`` choices, as ChatOpenAI reports ``n > 1``, counts once), else ``llm_output["token_usage"]``,
-  else an estimate (prompt counted at start + completion text or streamed tokens) with ``estimated=True``.
-  Reasoning tokens come from ``output_token_details["reasoning"]``. A cache hit (``total_cost == 0``) is released.
+  else ``reserve_tokens``). With nothing left, ``raise_on_exhausted=True`` raises
+  :class:`~clear_integrations.errors.QueryAbandoned` (naming the account and what it has left) before the provider
+  is called (``raise_error`` is then set, so it propagates on sync and async paths); runs of the same model call
+  started before it get no end event and are released here. Otherwise the run goes on unreserved.
+* **end**: commit the provider's usage summed over all generations (:mod:`.usage`), else an estimate (prompt
+  counted at start + completion text or streamed tokens) with ``estimated=True``. A cache hit is released.
 * **error**: a stream that stopped early (``GeneratorExit`` when its consumer stops reading, or a failure
   mid-stream) hands over its partial generations: the provider charged them, so an estimate is committed.
   Other failures release.
@@ -28,37 +29,40 @@ Each LLM or chat-model run is charged to ``tenant`` (or ``tenant/session``); a r
 An unreserved run is charged at its end with :meth:`~clear_integrations.ledger.Ledger.charge`: in full, past a
 hard limit too (it shows as overage), never dropped.
 
-Runs tagged ``clear:budgeted`` are skipped (``ClearBudget``'s proxies account for them). ``run_inline = True``: on
-async paths LangChain calls this sync handler on the event loop, not in an executor thread, so a ``sqlite://`` or
-``redis://`` ledger blocks the loop one round trip per event. State is keyed by ``run_id`` under a lock; nothing
-global is registered, at import or per use.
+Runs of budgeted models (tagged :data:`~.proxy.BUDGETED_TAG`) are skipped: they are on the ledger already, so a
+handler next to ``budgeted()`` models or ``ClearBudgetMiddleware`` never charges a call twice. With
+``warn_uncapped=True`` (``ClearBudget``'s safety net) the first run of each model it accounts for raises a
+:class:`~clear_integrations.errors.ClearWarning`: that model is not capped. ``run_inline = True``: on async paths
+LangChain calls this sync handler on the event loop, not in an executor thread, so a ``sqlite://`` or ``redis://``
+ledger blocks the loop one round trip per event. State is keyed by ``run_id`` under a lock; nothing global is
+registered.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage, get_buffer_string
-from langchain_core.outputs import ChatGenerationChunk, Generation, GenerationChunk, LLMResult
+from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResult
 
-from ...errors import BudgetExceeded
+from ...budgeting import EXHAUSTED, Payer, resolve_payer
+from ...errors import BudgetExceeded, ClearWarning, QueryAbandoned
 from ...ledger import DEFAULT_LEASE, Ledger, Reservation, Usage
-from ...ledger.accounts import parse_scope
 from ...tokens import count_tokens
 from ...validation import check_tokens
 from .caps import CAP_FIELDS
-from .usage import is_cache_hit
+from .payer import names_of
+from .proxy import BUDGETED_TAG
+from .usage import generation_text, is_cache_hit, usage_of_mapping, usage_of_message
 
 __all__ = ["BUDGETED_TAG", "CallbackTotals", "ClearCallbackHandler"]
-
-#: Runs with this tag are accounted by ``ClearBudget``'s proxies; the handler skips them.
-BUDGETED_TAG = "clear:budgeted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,48 +100,17 @@ def _count(text: str, model: str | None) -> int:
     return count_tokens(text, model=model).tokens if text else 0
 
 
-def _text(generation: Generation) -> str:
-    message = getattr(generation, "message", None)
-    if not isinstance(message, BaseMessage):
-        return generation.text
-    calls = getattr(message, "tool_calls", None) or getattr(message, "tool_call_chunks", None)
-    return message.text + (json.dumps(calls, default=str) if calls else "")
-
-
-def _reported(metadata: Mapping[str, Any]) -> Usage:
-    completion = int(metadata.get("output_tokens") or 0)
-    reasoning = int((metadata.get("output_token_details") or {}).get("reasoning") or 0)
-    return Usage(int(metadata.get("input_tokens") or 0), completion, min(reasoning, completion))
-
-
-def _from_llm_output(llm_output: Mapping[str, Any] | None) -> Usage | None:
-    usage = (llm_output or {}).get("token_usage") or (llm_output or {}).get("usage")
-    if not isinstance(usage, Mapping):
-        return None
-    prompt, completion = usage.get("prompt_tokens", usage.get("input_tokens")), usage.get("completion_tokens")
-    completion = usage.get("output_tokens") if completion is None else completion
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
-    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
-    return Usage(prompt, completion, min(int(reasoning), completion))
-
-
-def _add(parts: Sequence[Usage], estimated: bool = False) -> Usage:
-    return Usage(
-        sum(u.prompt for u in parts), sum(u.completion for u in parts), sum(u.reasoning for u in parts),
-        estimated or any(u.estimated for u in parts),
-    )  # fmt: skip
-
-
 class ClearCallbackHandler(BaseCallbackHandler):
     """Accounts every LLM and chat-model run on ``ledger`` (see the module docstring for the rules).
 
     Args:
         ledger: a synchronous :class:`~clear_integrations.ledger.Ledger`.
-        tenant, session: the account charged (``tenant/session`` when ``session`` is set).
+        tenant, session: the default payer (``tenant/session`` when ``session`` is set).
         reserve_tokens: completion tokens reserved for a call that reports no cap.
-        raise_on_exhausted: raise ``BudgetExceeded`` at start, before the provider call, when nothing is left.
+        raise_on_exhausted: raise ``QueryAbandoned`` at start, before the provider call, when nothing is left.
         lease: seconds a reservation is held before the ledger expires it.
+        tenant_key, session_key: run config values that name the tenant / the session (as for ``budgeted()``).
+        warn_uncapped: warn once per model whose runs this handler accounts for (they are not capped).
     """
 
     run_inline = True
@@ -151,15 +124,28 @@ class ClearCallbackHandler(BaseCallbackHandler):
         reserve_tokens: int = 1024,
         raise_on_exhausted: bool = False,
         lease: float = DEFAULT_LEASE,
+        tenant_key: str | None = None,
+        session_key: str | None = "thread_id",
+        warn_uncapped: bool = False,
     ) -> None:
-        self.ledger, self.tenant, self.session = ledger, tenant, session
-        parse_scope(self._scope({}), "tenant")
+        self.ledger = ledger
+        self.payer = Payer(tenant, session).checked("tenant")
         self.reserve_tokens = check_tokens("reserve_tokens", reserve_tokens, minimum=1)
         self.raise_on_exhausted = self.raise_error = raise_on_exhausted
         self.lease = lease
+        self.tenant_key, self.session_key, self.warn_uncapped = tenant_key, session_key, warn_uncapped
         self._lock = threading.Lock()
         self._runs: dict[UUID, _Run] = {}
         self._counts = dict.fromkeys(_COUNTED, 0)
+        self._warned: set[str] = set()
+
+    @property
+    def tenant(self) -> str:
+        return self.payer.tenant
+
+    @property
+    def session(self) -> str | None:
+        return self.payer.session
 
     # -- LangChain events ----------------------------------------------------------------------------------------
 
@@ -180,18 +166,32 @@ class ClearCallbackHandler(BaseCallbackHandler):
         return True
 
     def on_chat_model_start(
-        self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *, run_id: UUID,
-        tags: list[str] | None = None, metadata: dict[str, Any] | None = None, **kwargs: Any,
-    ) -> None:  # fmt: skip
-        if tags and BUDGETED_TAG in tags:  # a ClearBudget proxy accounts for it: skip before any work
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if tags and BUDGETED_TAG in tags:  # a budgeted model accounts for it: skip before any work
             return
-        self._start("\n".join(get_buffer_string(m) for m in messages), run_id, tags, metadata, kwargs)
+        self._start("\n".join(get_buffer_string(m) for m in messages), run_id, metadata, kwargs, serialized)
 
     def on_llm_start(
-        self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID, tags: list[str] | None = None,
-        metadata: dict[str, Any] | None = None, **kwargs: Any,
-    ) -> None:  # fmt: skip
-        self._start("\n".join(prompts), run_id, tags, metadata, kwargs)
+        self,
+        serialized: dict[str, Any],
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if tags and BUDGETED_TAG in tags:
+            return
+        self._start("\n".join(prompts), run_id, metadata, kwargs, serialized)
 
     def on_llm_new_token(self, token: str | list[str | dict[str, Any]], *, run_id: UUID, **kwargs: Any) -> None:
         with self._lock:
@@ -218,7 +218,7 @@ class ClearCallbackHandler(BaseCallbackHandler):
         chunks = [p for p in partial if p]
         usage = self._usage(LLMResult(generations=chunks), run) if chunks or run.streamed else None
         if usage is not None:  # the provider charged what it streamed: at least the prompt and the text seen
-            text = sum(_count(_text(g), run.model) for p in chunks for g in p) or run.streamed
+            text = sum(_count(generation_text(g), run.model) for p in chunks for g in p) or run.streamed
             usage = Usage(max(usage.prompt, run.prompt), max(usage.completion, text), usage.reasoning, True)
         self._settle(run, usage)
 
@@ -232,16 +232,16 @@ class ClearCallbackHandler(BaseCallbackHandler):
     # -- internals ------------------------------------------------------------------------------------------------
 
     def _scope(self, metadata: Mapping[str, Any]) -> str:
-        tenant = str(metadata.get("clear_tenant", self.tenant))
-        session = metadata.get("clear_session", self.session)
-        return tenant if session is None else f"{tenant}/{session}"
+        return resolve_payer(self.payer, *names_of(metadata, {}, self.tenant_key, self.session_key)).scope
 
     def _start(
-        self, text: str, run_id: UUID, tags: Sequence[str] | None, metadata: Mapping[str, Any] | None,
+        self,
+        text: str,
+        run_id: UUID,
+        metadata: Mapping[str, Any] | None,
         kwargs: Mapping[str, Any],
-    ) -> None:  # fmt: skip
-        if tags and BUDGETED_TAG in tags:
-            return
+        serialized: Mapping[str, Any] | None,
+    ) -> None:
         metadata = metadata or {}
         params: Mapping[str, Any] = kwargs.get("invocation_params") or {}
         model = metadata.get("ls_model_name") or params.get("model_name") or params.get("model")
@@ -251,16 +251,31 @@ class ClearCallbackHandler(BaseCallbackHandler):
         caps = [metadata.get("ls_max_tokens"), *(params.get(name) for name in CAP_FIELDS)]
         cap = min((c for c in caps if type(c) is int and c > 0), default=self.reserve_tokens)
         scope = self._scope(metadata)
+        if self.warn_uncapped:
+            self._warn((serialized or {}).get("name") or model or "a model")
         try:
             reservation: Reservation | None = self.ledger.reserve_up_to(scope, prompt + cap, lease=self.lease)
-        except BudgetExceeded:
+        except BudgetExceeded as refused:
             if self.raise_on_exhausted:
                 self._abandon_batch(params)
-                raise
+                left = refused.remaining.get(refused.account)
+                raise QueryAbandoned(EXHAUSTED, scope=scope, account=refused.account, remaining=left) from refused
             reservation = None
         with self._lock:
             self._runs[run_id] = _Run(scope, reservation, prompt, model, params)
             self._counts["unreserved"] += reservation is None
+
+    def _warn(self, name: str) -> None:
+        with self._lock:
+            if name in self._warned:
+                return
+            self._warned.add(name)
+        warnings.warn(
+            f"a {name} call ran outside ClearBudget's reach (inside a function or a graph node): it is accounted for "
+            "and refused once a hard budget is spent, but not capped; wrap the model with budgeted() where it is built",
+            ClearWarning,
+            stacklevel=2,
+        )
 
     def _abandon_batch(self, call: object) -> None:
         """Release the runs of the same model call (``llm.batch`` of prompts) started before a refused one:
@@ -284,28 +299,30 @@ class ClearCallbackHandler(BaseCallbackHandler):
             for generation in generations:
                 message = getattr(generation, "message", None)
                 metadata = getattr(message, "usage_metadata", None)
-                if is_cache_hit(message) or metadata in seen:
+                if is_cache_hit(message) or (metadata is not None and metadata in seen):
                     continue
-                if isinstance(metadata, Mapping) and metadata.get("output_tokens") is not None:
+                found = usage_of_message(message) if message is not None else None
+                if found is not None:
                     seen.append(metadata)
-                    reported.append(_reported(metadata))
+                    reported.append(found)
                 else:
-                    silent.append(_text(generation))
+                    silent.append(generation_text(generation))
         if not reported and not silent:
             has_output = any(response.generations) or not run.streamed
             return None if has_output else Usage(run.prompt, run.streamed, estimated=True)
         if not silent:
-            return _add(reported)
+            return sum(reported, Usage())
         completion = sum(_count(text, run.model) for text in silent)
         if reported:
-            return _add([*reported, Usage(0, completion)], estimated=True)
-        aggregate = _from_llm_output(response.llm_output)
+            return sum(reported, Usage(0, completion, estimated=True))
+        output = response.llm_output or {}
+        aggregate = usage_of_mapping(output.get("token_usage") or output.get("usage"))
         if aggregate is not None:  # a text LLM's batch: the first run's result carries the whole call's usage
             with self._lock:
                 for other in self._runs.values():
                     other.paid_by_sibling |= other.call is run.call and bool(run.call)
             return aggregate
-        if run.paid_by_sibling and (response.llm_output or {}).get("token_usage") == {}:
+        if run.paid_by_sibling and output.get("token_usage") == {}:
             return Usage()
         return Usage(run.prompt, completion or run.streamed, estimated=True)
 
@@ -325,4 +342,3 @@ class ClearCallbackHandler(BaseCallbackHandler):
                 delta = (1, usage.prompt, usage.completion, usage.reasoning, usage.estimated)
                 for name, value in zip(_COUNTED, delta, strict=False):
                     self._counts[name] += value
-

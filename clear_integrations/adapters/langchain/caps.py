@@ -22,7 +22,8 @@ anything else              the first of ``max_tokens``, ``max_completion_tokens`
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from langchain_core.language_models import BaseLanguageModel
 from langchain_core.runnables import Runnable
@@ -30,12 +31,13 @@ from langchain_core.runnables import Runnable
 from ...errors import ClearWarning
 from ...validation import check_tokens
 
-__all__ = ["CAP_FIELDS", "LOW_EFFORT_BELOW", "cap_model", "current_cap"]
+__all__ = ["CAP_FIELDS", "LOW_EFFORT_BELOW", "cap_model", "capped", "current_cap", "split_cap"]
 
 CAP_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "max_new_tokens", "num_predict")
 LOW_EFFORT_BELOW = 2048
 _THINKING_MIN = 1024
 _ANSWER_ROOM = 256
+M = TypeVar("M", bound=BaseLanguageModel[Any])
 
 
 def _field(model: BaseLanguageModel[Any]) -> str | None:
@@ -72,18 +74,11 @@ def _anthropic_thinking(model: BaseLanguageModel[Any], cap: int) -> dict[str, An
     return {"thinking": {**thinking, "budget_tokens": budget}}
 
 
-def cap_model(model: BaseLanguageModel[Any], cap: int) -> Runnable[Any, Any]:
-    """A copy of ``model`` that generates at most ``cap`` completion tokens (see the module docstring)."""
-    cap = check_tokens("cap", cap, minimum=1)
+def _capped_copy(model: M, cap: int) -> M | None:
+    """A copy of ``model`` with ``cap`` in its provider's field, or None when it has no known field."""
     name = _field(model)
     if name is None:
-        warnings.warn(
-            f"{type(model).__name__} exposes no known completion-cap field; binding max_tokens={cap} per call, "
-            "which this model may ignore",
-            ClearWarning,
-            stacklevel=2,
-        )
-        return model.bind(max_tokens=cap)
+        return None
     update: dict[str, Any] = {name: cap}
     kind = type(model).__name__
     if kind in ("ChatOpenAI", "AzureChatOpenAI"):
@@ -91,3 +86,69 @@ def cap_model(model: BaseLanguageModel[Any], cap: int) -> Runnable[Any, Any]:
     elif kind == "ChatAnthropic":
         update |= _anthropic_thinking(model, cap)
     return model.model_copy(update=update)
+
+
+def _no_field(model: BaseLanguageModel[Any], cap: int) -> None:
+    warnings.warn(
+        f"{type(model).__name__} exposes no known completion-cap field; passing max_tokens={cap} per call, "
+        "which this model may ignore",
+        ClearWarning,
+        stacklevel=3,
+    )
+
+
+def cap_model(model: BaseLanguageModel[Any], cap: int) -> Runnable[Any, Any]:
+    """A copy of ``model`` that generates at most ``cap`` completion tokens (see the module docstring)."""
+    cap = check_tokens("cap", cap, minimum=1)
+    copy = _capped_copy(model, cap)
+    if copy is None:
+        _no_field(model, cap)
+        return model.bind(max_tokens=cap)
+    return copy
+
+
+def capped(model: M, cap: int | None) -> tuple[M, dict[str, Any]]:
+    """The model to call for a call capped at ``cap`` (``None``: as it is) and the per-call keywords it needs: a copy
+    with the cap in its provider's field, or, for a model with no known field, the model itself and
+    ``max_tokens`` as a keyword (with a :class:`~clear_integrations.errors.ClearWarning`)."""
+    if cap is None:
+        return model, {}
+    copy = _capped_copy(model, check_tokens("cap", cap, minimum=1))
+    if copy is None:
+        _no_field(model, cap)
+        return model, {"max_tokens": cap}
+    return copy, {}
+
+
+def _positive(value: Any) -> int | None:
+    return value if type(value) is int and value > 0 else None
+
+
+def split_cap(
+    model: BaseLanguageModel[Any], kwargs: Mapping[str, Any]
+) -> tuple[int | None, int | None, dict[str, Any]]:
+    """What a call asks for: ``(requested, ceiling, rest)``.
+
+    ``requested`` is the smallest cap the caller set: a cap keyword of the call (any spelling, or ChatOllama's
+    ``options["num_predict"]``) or the model's field when the user set it. ``ceiling`` is a cap the provider applies
+    anyway but nobody asked for: a field's default value, or the model profile's ``max_output_tokens`` (ChatAnthropic
+    fills ``max_tokens`` with it), so an uncapped call does not hold 64,000 tokens because its provider could
+    write that many. ``rest`` is the other keywords: the cap travels in the provider's field instead.
+    """
+    caps = [_positive(value) for key, value in kwargs.items() if key in CAP_FIELDS]
+    options = kwargs.get("options")
+    if isinstance(options, Mapping):
+        caps.append(_positive(options.get("num_predict")))
+    own, ceiling = current_cap(model), None
+    if own is not None:
+        profile = getattr(model, "profile", None)
+        most = profile.get("max_output_tokens") if isinstance(profile, Mapping) else None
+        if _field(model) in model.model_fields_set and own != most:
+            caps.append(own)  # the user's cap
+        else:
+            ceiling = own  # a default: the provider's limit, not a request
+    found = [cap for cap in caps if cap is not None]
+    rest = {key: value for key, value in kwargs.items() if key not in CAP_FIELDS}
+    if isinstance(options, Mapping) and "num_predict" in options:
+        rest["options"] = {key: value for key, value in options.items() if key != "num_predict"}
+    return (min(found) if found else None), ceiling, rest

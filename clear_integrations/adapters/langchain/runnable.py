@@ -1,84 +1,83 @@
-"""``ClearBudget``: wrap any LangChain runnable so that every model call inside it spends through the ledger.
+"""``ClearBudget``: wrap any LangChain runnable (a chain, a compiled LangGraph graph) so that every model call
+inside it spends through the ledger.
 
-How the cap reaches a model nested inside a chain: LangChain hands per-call keywords only to the runnable invoked
-directly (``prompt | model | parser`` never passes ``max_tokens`` to the model). So at wrap time ``ClearBudget``
-walks the runnable tree (sequences, parallels, bindings such as ``bind_tools``, retries, fallbacks, branches,
-assigns, ...) and copies it with each chat model or LLM replaced by a
-:class:`~clear_integrations.adapters.langchain.proxy.BudgetedModel`, which decides each call and sets the cap in
-the provider's own parameter. The user's chain is not modified. Models the walk cannot see (called inside a
-``RunnableLambda`` or a LangGraph node, for example) cannot be capped, but they are still accounted for: when the
-walk meets such a part, every call through ``ClearBudget`` carries a
-:class:`~clear_integrations.adapters.langchain.callback.ClearCallbackHandler` for the same tenant, which skips the
-calls the proxies already handled (tagged ``clear:budgeted``).
+LangChain passes per-call keywords only to the runnable invoked directly (``prompt | model | parser`` never passes
+``max_tokens`` to the model), so at wrap time ``ClearBudget`` copies the runnable with each chat model and LLM it
+can reach replaced by its budgeted twin (:func:`~.budgeted.budgeted`): through sequences, parallels, bindings
+(``bind_tools``), retries, fallbacks, branches, structured-output chains and the nodes of compiled LangGraph graphs
+(:mod:`.runnables`). The user's runnable is not modified.
+
+A model called from inside a function (a ``RunnableLambda``, a LangGraph function node, a prebuilt agent's model
+node) cannot be reached. When the walk sees such a function refer to a model, it says so at construction with a
+:class:`~clear_integrations.errors.ClearWarning` naming the part, the model and the fix (wrap the model with
+``budgeted()`` where it is built). And whenever the runnable holds functions, every call carries a
+:class:`~.callback.ClearCallbackHandler` for the same payer: it accounts for those models' calls, refuses them with
+:class:`~clear_integrations.errors.QueryAbandoned` once a hard budget is spent, warns once per model it could not
+cap, and skips the calls the budgeted models already handled.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+import warnings
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from langchain_core.language_models import BaseLanguageModel
+from langchain_core.language_models import BaseChatModel, BaseLLM
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import merge_configs
-from pydantic import BaseModel
 
+from ...budgeting import Abandon, BudgetPolicy, Spender
+from ...budgeting.payer import scope_names
+from ...errors import ClearWarning
 from ...estimators.base import Estimator
 from ...ledger import AsyncLedger, Ledger
-from ...policy import AsyncBudgetController, BudgetController, BudgetPolicy
 from .callback import ClearCallbackHandler
-from .proxy import Abandon, BudgetedModel, Scope, Spender
+from .chat_model import BudgetedChatModel
+from .llm import BudgetedLLM
+from .runnables import models_referenced, rebuild
 
 __all__ = ["ClearBudget", "budget_models"]
 
 
-def _walk(value: Any, spender: Spender, opaque: list[Runnable[Any, Any]]) -> Any:
-    if isinstance(value, BaseLanguageModel):
-        return BudgetedModel(value, spender)
-    if isinstance(value, BudgetedModel):
-        return value
-    if isinstance(value, Runnable) and isinstance(value, BaseModel):
-        updates = {}
-        for name in type(value).model_fields:
-            child = getattr(value, name, None)
-            new = _walk(child, spender, opaque)
-            if new is not child:
-                updates[name] = new
-        return value.model_copy(update=updates) if updates else value
-    if isinstance(value, Runnable):  # a lambda, a compiled graph: it may call models the walk cannot reach
-        opaque.append(value)
-        return value
-    if isinstance(value, list | tuple):
-        items = [_walk(item, spender, opaque) for item in value]
-        if any(new is not old for new, old in zip(items, value, strict=True)):
-            return type(value)(items) if isinstance(value, tuple) else items
-        return value
-    if isinstance(value, Mapping):
-        mapped = {key: _walk(item, spender, opaque) for key, item in value.items()}
-        return mapped if any(mapped[k] is not value[k] for k in value) else value
-    return value
-
-
 def budget_models(
-    runnable: Runnable[Any, Any], spender: Spender
+    runnable: Runnable[Any, Any],
+    spender: Spender,
+    *,
+    tenant_key: str | None = None,
+    session_key: str | None = "thread_id",
 ) -> tuple[Runnable[Any, Any], list[Runnable[Any, Any]]]:
-    """A copy of ``runnable`` whose chat models and LLMs are budgeted proxies (the original is untouched), and the
-    runnables the walk could not look into (lambdas, compiled graphs)."""
+    """A copy of ``runnable`` whose chat models and LLMs are budgeted (the original is untouched), and the
+    runnables the walk could not look into (functions)."""
+
+    def swap(part: Any) -> Any:
+        if isinstance(part, BaseChatModel):
+            return BudgetedChatModel.wrap(part, spender, tenant_key=tenant_key, session_key=session_key)
+        if isinstance(part, BaseLLM):
+            return BudgetedLLM.wrap(part, spender, tenant_key=tenant_key, session_key=session_key)
+        return part
+
     opaque: list[Runnable[Any, Any]] = []
-    walked: Runnable[Any, Any] = _walk(runnable, spender, opaque)
-    return walked, opaque
+    return rebuild(runnable, swap, opaque), opaque
+
+
+def _warn_unreachable(opaque: list[Runnable[Any, Any]]) -> None:
+    for part in opaque:
+        for name, model in models_referenced(part):
+            warnings.warn(
+                f"ClearBudget cannot cap {type(model).__name__} {name!r}, which {part.get_name()!r} calls from its "
+                "code: its calls are only accounted for, and refused once a hard budget is spent. Wrap the model "
+                f"where it is built: {name} = budgeted({name}, ledger=..., tenant=...)",
+                ClearWarning,
+                stacklevel=4,
+            )
 
 
 class ClearBudget(Runnable[Any, Any]):
-    """Run ``runnable`` with every model call decided, capped and accounted for on ``ledger``.
+    """Run ``runnable`` with every model call decided, capped and accounted for on ``ledger`` (module docstring).
 
-    ``tenant`` (and optionally ``session``) pay for the calls; a call's ``config["metadata"]`` may override them
-    with ``clear_tenant`` / ``clear_session``. ``policy`` decides (default: caps to what the budgets have left);
-    ``estimator`` is a shortcut for ``BudgetPolicy(estimator=...)``. ``on_abandon`` is what an abandoned query
-    returns: ``"message"`` (a fallback answer), ``"raise"`` (:class:`~clear_integrations.errors.QueryAbandoned`),
-    any other string (that answer), or a callable from the decision to the answer. ``async_ledger`` serves the
-    async paths without blocking the event loop (default: the sync ledger in a worker thread). ``safety_net``
-    adds a :class:`ClearCallbackHandler` to every call, to account for models the walk cannot see; by default
-    it is added only when the runnable holds parts the walk cannot look into (lambdas, compiled graphs).
+    The payer, the policy, ``on_abandon`` and ``async_ledger`` are as for :func:`~.budgeted.budgeted`.
+    ``safety_net`` adds a :class:`ClearCallbackHandler` to every call, for the models the walk cannot reach; by
+    default it is added when the runnable holds functions.
     """
 
     def __init__(
@@ -93,21 +92,36 @@ class ClearBudget(Runnable[Any, Any]):
         on_abandon: Abandon = "message",
         async_ledger: AsyncLedger | None = None,
         safety_net: bool | None = None,
+        tenant_key: str | None = None,
+        session_key: str | None = "thread_id",
     ) -> None:
-        if policy is None:
-            policy = BudgetPolicy(estimator=estimator)
         self.inner = runnable
-        self.ledger = ledger
-        self.policy = policy
-        self.spender = Spender(
-            sync=BudgetController(ledger, policy),
-            scope=Scope(tenant, session),
+        self.spender = Spender.open(
+            ledger,
+            tenant=tenant,
+            session=session,
+            policy=policy,
+            estimator=estimator,
             on_abandon=on_abandon,
-            asynchronous=None if async_ledger is None else AsyncBudgetController(async_ledger, policy),
+            async_ledger=async_ledger,
         )
-        self.bound, opaque = budget_models(runnable, self.spender)
+        self.ledger, self.policy = ledger, self.spender.policy
+        self.bound, opaque = budget_models(runnable, self.spender, tenant_key=tenant_key, session_key=session_key)
+        _warn_unreachable(opaque)
         needed = bool(opaque) if safety_net is None else safety_net
-        self.safety_net = ClearCallbackHandler(ledger, tenant=tenant, session=session) if needed else None
+        self.safety_net = (
+            ClearCallbackHandler(
+                ledger,
+                tenant=tenant,
+                session=session,
+                raise_on_exhausted=True,
+                tenant_key=tenant_key,
+                session_key=session_key,
+                warn_uncapped=True,
+            )
+            if needed
+            else None
+        )
         self.name = f"ClearBudget[{runnable.get_name()}]"
 
     def _with_net(self, config: Any) -> Any:
@@ -140,18 +154,29 @@ class ClearBudget(Runnable[Any, Any]):
     ) -> Any:
         return await self.bound.abatch(inputs, self._with_net(config), return_exceptions=return_exceptions, **kwargs)
 
-    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
-        yield from self.bound.stream(input, self._with_net(config), **kwargs)
+    def _pinned(self, config: RunnableConfig | None) -> Any:
+        """For a stream, read later: the config with the payer of ``clear_scope`` as it is now (when the stream is
+        created), so that it still pays when the chunks are read outside its block."""
+        names = scope_names()
+        if names is None:
+            return self._with_net(config)
+        pinned = {
+            key: value
+            for key, value in (("clear_tenant", names.tenant), ("clear_session", names.session))
+            if value is not None
+        }
+        return self._with_net(merge_configs(config, {"metadata": pinned}))
 
-    async def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AsyncIterator[Any]:
-        async for chunk in self.bound.astream(input, self._with_net(config), **kwargs):
-            yield chunk
+    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
+        return self.bound.stream(input, self._pinned(config), **kwargs)
+
+    def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AsyncIterator[Any]:
+        return self.bound.astream(input, self._pinned(config), **kwargs)
 
     def transform(self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
-        yield from self.bound.transform(input, self._with_net(config), **kwargs)
+        return self.bound.transform(input, self._pinned(config), **kwargs)
 
-    async def atransform(
+    def atransform(
         self, input: AsyncIterator[Any], config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
-        async for chunk in self.bound.atransform(input, self._with_net(config), **kwargs):
-            yield chunk
+        return self.bound.atransform(input, self._pinned(config), **kwargs)

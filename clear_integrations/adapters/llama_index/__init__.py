@@ -4,8 +4,10 @@
   committed on the ledger, cut at the cap when streamed, and answered with a fallback (or
   :class:`~clear_integrations.errors.QueryAbandoned`) when abandoned. It is a ``FunctionCallingLLM``, so it runs
   under ``FunctionAgent``, ``ReActAgent`` and ``AgentWorkflow`` (enforcement).
-- :class:`ClearEventHandler` accounts for the LLM calls of any LlamaIndex app from the instrumentation events
-  (observation only: instrumentation handlers cannot stop a call).
+- :class:`ClearBudgetEmbedding` wraps an embedding model: its input tokens are charged, and refused past a hard
+  budget.
+- :class:`ClearEventHandler` accounts for the LLM and embedding calls of any LlamaIndex app from the instrumentation
+  events (observation only: instrumentation handlers cannot stop a call).
 - :func:`cap_llm` puts a completion cap into one LLM (OpenAI, Anthropic, Ollama, LlamaCPP, MockLLM, ...);
   :func:`clear_scope` names the payer of the calls made in a task.
 
@@ -16,10 +18,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .calls import DEFAULT_FALLBACK, Abandon
+from ...budgeting import DEFAULT_FALLBACK, Abandon, Payer, clear_scope
 from .caps import CAP_FIELDS, cap_kwargs, cap_llm, current_cap
+from .embedding import ClearBudgetEmbedding
 from .llm import ClearBudgetLLM
-from .scope import BUDGETED_TAG, Payer, clear_scope, current_payer
+from .scope import BUDGETED_TAG, current_payer
 
 if TYPE_CHECKING:
     from .events import ClearEventHandler
@@ -29,6 +32,7 @@ __all__ = [
     "CAP_FIELDS",
     "DEFAULT_FALLBACK",
     "Abandon",
+    "ClearBudgetEmbedding",
     "ClearBudgetLLM",
     "ClearEventHandler",
     "Payer",

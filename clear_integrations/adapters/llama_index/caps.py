@@ -37,7 +37,7 @@ from llama_index.core.llms.llm import LLM
 from ...errors import ClearWarning
 from ...validation import check_tokens
 
-__all__ = ["CAP_FIELDS", "CAP_KWARGS", "LOW_EFFORT_BELOW", "cap_kwargs", "cap_llm", "current_cap"]
+__all__ = ["CAP_FIELDS", "CAP_KWARGS", "LOW_EFFORT_BELOW", "cap_kwargs", "cap_llm", "current_cap", "user_set_cap"]
 
 CAP_FIELDS = ("max_tokens", "max_output_tokens", "max_completion_tokens", "max_new_tokens", "num_output", "num_predict")
 #: per-call keywords read as the caller's requested cap (they are removed from the call: the cap travels in the field)
@@ -87,6 +87,18 @@ def current_cap(llm: LLM) -> int | None:
         caps.append(_positive(getattr(llm, name, None)))
     found = [cap for cap in caps if cap is not None]
     return min(found) if found else None
+
+
+def user_set_cap(llm: LLM) -> bool:
+    """Whether the cap :func:`current_cap` reads was set by the user (a request) rather than left at the provider
+    class's default (a ceiling: the provider stops there anyway, but nobody asked for that many tokens)."""
+    kind, given = _kind(llm), llm.model_fields_set
+    if kind == "LlamaCPP":
+        return "max_new_tokens" in given or "generate_kwargs" in given
+    if kind == "Ollama" or any(name in _kwargs(llm, "additional_kwargs") for name in _OPENAI_KWARG_CAPS):
+        return True
+    name = _field(llm)
+    return name is not None and name in given
 
 
 def _openai(llm: LLM, cap: int) -> dict[str, Any]:

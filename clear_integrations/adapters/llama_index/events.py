@@ -7,32 +7,40 @@ with ClearEventHandler.install(ledger, tenant="acme"):      # on the root dispat
 ledger.usage("globex")                                 # prompt, completion, reasoning, calls, estimated_calls
 ```
 
-Or ``handler = ClearEventHandler(ledger, tenant="acme").attach()`` (``get_dispatcher().add_event_handler``) and
-``handler.detach()``, which removes it by identity from the dispatcher's plain list ``event_handlers``.
+Or ``handler = ClearEventHandler(ledger, tenant="acme").attach()`` and ``handler.detach()``: ``attach`` adds this event
+handler and its span handler (which tracks the span tree) to the dispatcher, ``detach`` removes both by identity.
 
 * **Payer** (at the call's start, as ``ClearBudgetLLM`` resolves it: :func:`.scope.current_payer`): ``clear_scope``,
   else the tags ``clear_tenant`` / ``clear_session`` (ContextVars: they follow tasks and workflow steps), else
   ``tenant`` / ``session``.
 * **One user call, one commit.** LlamaIndex nests LLM events within one call (``CustomLLM.chat`` -> ``complete``,
-  ``achat`` -> ``chat``, ``astream_chat``'s generator -> ``stream_chat``, wrapper LLMs -> their inner LLM). A start
-  event is nested when the callback wrapper of another open call (it keeps the call's ``span_id`` in a local) is on
-  the Python stack dispatching it: inside that call's function or stream generator. A stream merely held open while
-  another call starts is no ancestor, so that call counts. Only outermost calls commit, with the usage their nested
-  calls reported if it exceeds their own. Calls are keyed by ``span_id`` (one span per LLM method call). Not seen as
-  nested: an inner call run in another thread.
+  ``achat`` -> ``chat`` -> ``complete``, ``astream_chat``'s generator -> ``stream_chat``, wrapper LLMs -> their inner
+  LLM). Calls are keyed by their start event's ``span_id`` (one span per LLM method call). A call is nested in an open
+  call (1) whose span is an ancestor of its own: the span handler keeps each open span's parent id (dropped when the
+  span ends), which follows the ``active_span_id`` ContextVar into coroutines, tasks and ``asyncio.to_thread``; else
+  (2) from whose stream it is started: the generator that call's span returned (held weakly) is running, with its
+  frame on this thread's stack. A stream merely held open while another call starts is no ancestor, so that call
+  counts. Not seen as nested: a call in a thread that does not copy the context (``run_in_executor``, a bare
+  ``Thread``), or in a task started after its caller's span ended. Only outermost calls commit: their own usage or, if
+  more, their nested calls' (each counted alike), so a report passed up a chain counts once and sibling calls add up.
 * **Usage** is the provider's (streams: the latest a chunk reported): ``raw["usage"]`` / ``raw.usage`` (OpenAI, with
   ``completion_tokens_details.reasoning_tokens``; Anthropic, cache reads and writes counted as prompt),
   ``raw["usage_metadata"]`` (Gemini), Ollama's ``prompt_eval_count`` / ``eval_count``, flat ``additional_kwargs``
   (llama-index-llms-openai), ``message.additional_kwargs["usage"]`` (Anthropic streams). Else (MockLLM, OpenAI streams
-  without ``stream_options={"include_usage": True}``) an offline :func:`~clear_integrations.tokens.count_tokens` of the
-  messages or prompt (tool schemas included) and of the response text or joined deltas, with ``estimated=True``.
+  without ``stream_options={"include_usage": True}``) an offline :func:`~clear_integrations.tokens.count_tokens`
+  (``estimated=True``) of the messages or prompt (tool schemas and calls included) and of the response: its text (a
+  stream's joined deltas if longer, counted as one text, never delta by delta) and each tool call's name and
+  arguments (``ToolCallBlock``s, else ``additional_kwargs["tool_calls"]``, of the final message).
+* **Embeddings**: each ``EmbeddingEndEvent`` / ``SparseEmbeddingEndEvent`` is one call, charged to its start event's
+  payer as prompt tokens (completion 0): its ``chunks`` counted offline with the start event's
+  ``model_dict["model_name"]``, estimated unless the counts are exact (OpenAI models).
 * **Streams** commit at their end event. A consumer that stops early closes the generator (explicitly, by garbage
   collection, or by asyncio's async-generator finaliser); LlamaIndex then sends an ``ExceptionEvent`` and what was
-  streamed is committed (nothing if no chunk was read: it generated nothing). A call with no event for
+  streamed is committed (nothing if no chunk was read). A call with no event (its own or its nested calls') for
   ``stale_after`` seconds (checked at each new call), and every open call at :meth:`close` / :meth:`detach` / the end
-  of :meth:`install`, is settled: committed as seen if output had arrived (a stream held but no longer read; its
-  later events are ignored), else dropped (a stream never read; but also a call still running, so a non-streamed
-  call longer than ``stale_after`` is lost). A call that raises (``SpanDropEvent``) is not charged.
+  of :meth:`install`, is settled: committed as seen if output had arrived (its later events are ignored), else
+  dropped (a stream never read; but also a call still running: a non-streamed call longer than ``stale_after`` is
+  lost). A call that raises (``SpanDropEvent``) is not charged, nor counted in its outermost call if nested.
 * **Committing** (no reservation before the call): :meth:`~clear_integrations.ledger.Ledger.charge` records the
   usage in full, past a hard limit too (as overage). When the ledger cannot be reached, the usage is kept
   (:meth:`unbilled`, ``ClearWarning``) and retried after each later call and by :meth:`flush`. One lock guards the
@@ -51,13 +59,15 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from types import FrameType
+from types import AsyncGeneratorType, FrameType, GeneratorType
 from typing import Any, Self
 
 from llama_index.core.base.llms.types import ChatResponse, TextBlock, ThinkingBlock, ToolCallBlock
+from llama_index.core.instrumentation.events import embedding as em
 from llama_index.core.instrumentation.events import llm as ev
 from llama_index.core.instrumentation.events.exception import ExceptionEvent
 from llama_index_instrumentation import get_dispatcher
@@ -65,6 +75,7 @@ from llama_index_instrumentation.base import BaseEvent
 from llama_index_instrumentation.dispatcher import Dispatcher
 from llama_index_instrumentation.event_handlers import BaseEventHandler
 from llama_index_instrumentation.events.span import SpanDropEvent
+from llama_index_instrumentation.span_handlers import BaseSpanHandler
 from pydantic import PrivateAttr
 
 from ...errors import BudgetExceeded, ClearError, ClearWarning, LedgerUnavailable
@@ -81,26 +92,87 @@ _CACHE = ("cache_creation_input_tokens", "cache_read_input_tokens")
 _STARTS = (ev.LLMChatStartEvent, ev.LLMCompletionStartEvent)
 _PROGRESS = (ev.LLMChatInProgressEvent, ev.LLMCompletionInProgressEvent)
 _ENDS = (ev.LLMChatEndEvent, ev.LLMCompletionEndEvent)
+
+
+def _embedding_events(*names: str) -> tuple[type[BaseEvent], ...]:
+    """The classes of ``llama_index.core.instrumentation.events.embedding`` that the installed version has."""
+    return tuple(getattr(em, name) for name in names if hasattr(em, name))
+
+
+_EMBED_STARTS = _embedding_events("EmbeddingStartEvent", "SparseEmbeddingStartEvent")
+_EMBED_ENDS = _embedding_events("EmbeddingEndEvent", "SparseEmbeddingEndEvent")
 _Reported = tuple[int | None, int, int]  # prompt (None: not reported), completion, reasoning
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Call:
+    sid: str | None
     scope: str
     model: str | None
     prompt: Any  # the start event's messages or prompt: counted only when no usage is reported
     tools: Any
     touched: float
     skip: bool
+    parent: _Call | None = None  # the open call it is nested in (None: an outermost call)
+    kids: list[_Call] = field(default_factory=list)  # the calls nested directly in it
+    stream: weakref.ref[Any] | None = None  # the generator its span returned
     last: Any = None  # the latest response: its text is read only when no usage is reported
     deltas: list[str] = field(default_factory=list)
     reported: _Reported | None = None
-    children: dict[str | None, _Reported | None] = field(default_factory=dict)  # nested calls' latest usage
+
+    @property
+    def root(self) -> _Call:
+        call = self
+        while call.parent is not None:
+            call = call.parent
+        return call
+
+    def usage(self) -> _Reported | None:
+        """Its own reported usage or, if more, its nested calls' together (each counted the same way)."""
+        nested = None
+        for kid in self.kids:
+            nested = _add(nested, kid.usage())
+        return max((u for u in (self.reported, nested) if u), key=lambda u: (u[0] or 0) + u[1], default=None)
 
     @property
     def seen(self) -> bool:
         """Whether any output arrived: a stream began, or a nested call reported usage."""
-        return bool(self.last is not None or self.deltas or self.reported or any(self.children.values()))
+        return bool(self.last is not None or self.deltas or self.usage())
+
+    def running_frame(self) -> FrameType | None:
+        """The frame of its stream's generator while that generator runs (on some thread)."""
+        gen = None if self.stream is None else self.stream()
+        if isinstance(gen, GeneratorType) and gen.gi_running:
+            return gen.gi_frame
+        return gen.ag_frame if isinstance(gen, AsyncGeneratorType) and gen.ag_running else None
+
+
+class _SpanTree(BaseSpanHandler[Any]):
+    """The parent id of every open span (forgotten when it exits or drops), and the streams spans return."""
+
+    _parents: dict[str, str | None] = PrivateAttr(default_factory=dict)
+    _returned_stream: Callable[[str, Any], None] | None = PrivateAttr(default=None)
+
+    def forget(self) -> None:
+        """Drop every parent id (detached: the ends of the spans open now will not be seen)."""
+        self._parents.clear()
+
+    def ancestors(self, sid: str | None) -> Iterator[str]:
+        parent = None if sid is None else self._parents.get(sid)
+        while parent is not None:
+            yield parent
+            parent = self._parents.get(parent)
+
+    def new_span(self, id_: str, *args: Any, **kwargs: Any) -> None:  # returns no span: the base keeps none open
+        self._parents[id_] = kwargs.get("parent_span_id")
+
+    def prepare_to_exit_span(self, id_: str, *args: Any, **kwargs: Any) -> None:
+        self._parents.pop(id_, None)
+        if isinstance(result := kwargs.get("result"), GeneratorType | AsyncGeneratorType) and self._returned_stream:
+            self._returned_stream(id_, result)
+
+    def prepare_to_drop_span(self, id_: str, *args: Any, **kwargs: Any) -> None:
+        self._parents.pop(id_, None)
 
 
 def _get(source: Any, key: str) -> Any:
@@ -138,22 +210,40 @@ def _add(a: _Reported | None, b: _Reported | None) -> _Reported | None:
 
 
 def _message_text(message: Any) -> str:
-    parts = []
-    for block in getattr(message, "blocks", ()):
-        if isinstance(block, TextBlock | ThinkingBlock):
-            parts.append((block.text if isinstance(block, TextBlock) else block.content) or "")
-        elif isinstance(block, ToolCallBlock):
-            parts.append(json.dumps([block.tool_name, block.tool_kwargs], default=str))
-    return "".join(parts)
+    """The text and thinking blocks of a message."""
+    blocks = [b for b in getattr(message, "blocks", ()) if isinstance(b, TextBlock | ThinkingBlock)]
+    return "".join((b.text if isinstance(b, TextBlock) else b.content) or "" for b in blocks)
 
 
-def _response_text(response: Any) -> str:
-    return _message_text(response.message) if isinstance(response, ChatResponse) else str(response.text or "")
+def _tool_call_text(call: Any) -> str:
+    """``name(arguments)`` of a ``ToolCallBlock``, ``ToolSelection``, or OpenAI / Ollama / Anthropic tool call."""
+    function = _get(call, "function") or call  # OpenAI and Ollama nest the name and arguments in "function"
+    name = _get(call, "tool_name") or _get(function, "name") or ""
+    values = (_get(call, "tool_kwargs"), _get(function, "arguments"), _get(call, "input"))
+    args = next((value for value in values if value is not None), "")
+    return f"{name}({args if isinstance(args, str) else json.dumps(args, default=str)})"
+
+
+def _tool_calls_text(message: Any) -> str:
+    """The tool calls of a message: its ``ToolCallBlock``s, else its ``additional_kwargs["tool_calls"]``."""
+    calls: Any = [block for block in getattr(message, "blocks", ()) if isinstance(block, ToolCallBlock)]
+    calls = calls or _get(getattr(message, "additional_kwargs", None), "tool_calls")
+    return "".join(map(_tool_call_text, calls)) if isinstance(calls, list | tuple) else ""
+
+
+def _completion_text(call: _Call) -> str:
+    """The response's text, or a stream's joined deltas if longer (one text), and its tool calls."""
+    last = call.last
+    message = last.message if isinstance(last, ChatResponse) else None
+    text = "" if last is None else _message_text(message) if message is not None else str(last.text or "")
+    return max(text, "".join(call.deltas), key=len) + _tool_calls_text(message)
 
 
 def _prompt_text(call: _Call) -> str:
     prompt = call.prompt
-    text = prompt if isinstance(prompt, str) else "\n".join(f"{m.role.value}: {_message_text(m)}" for m in prompt)
+    text = prompt if isinstance(prompt, str) else "\n".join(
+        f"{m.role.value}: {_message_text(m)}{_tool_calls_text(m)}" for m in prompt
+    )  # fmt: skip
     try:  # LlamaIndex tools, or provider tool specs (dicts, as OpenAI's _prepare_chat_with_tools passes them)
         schemas = [t.metadata.to_openai_tool() if hasattr(t, "metadata") else t for t in call.tools or ()]
     except Exception:  # a tool that cannot describe itself is left out of the estimate
@@ -161,22 +251,9 @@ def _prompt_text(call: _Call) -> str:
     return text + ("\n" + json.dumps(schemas, default=str) if schemas else "")
 
 
-def _stack_spans(own: str | None) -> list[str]:
-    """The span ids (other than ``own``) that frames on the current stack hold in a ``span_id`` local."""
-    found: list[str] = []
-    frame: FrameType | None = sys._getframe(2)
-    while frame is not None:
-        code = frame.f_code
-        if "span_id" in code.co_varnames or "span_id" in code.co_cellvars or "span_id" in code.co_freevars:
-            value = frame.f_locals.get("span_id")
-            if isinstance(value, str) and value != own:
-                found.append(value)
-        frame = frame.f_back
-    return found
-
-
 class ClearEventHandler(BaseEventHandler):
-    """Accounts every outermost LLM call LlamaIndex instruments on ``ledger`` (the rules: module docstring).
+    """Accounts every outermost LLM call and every embedding call LlamaIndex instruments on ``ledger`` (the rules:
+    module docstring).
 
     Args:
         ledger: a synchronous :class:`~clear_integrations.ledger.Ledger`.
@@ -195,8 +272,11 @@ class ClearEventHandler(BaseEventHandler):
 
     _clock: Callable[[], float] = PrivateAttr(default=time.monotonic)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _spans: _SpanTree = PrivateAttr(default_factory=_SpanTree)
     _calls: dict[str | None, _Call] = PrivateAttr(default_factory=dict)  # open outermost calls by span id
-    _nested: dict[str | None, str | None] = PrivateAttr(default_factory=dict)  # open nested span -> outermost span
+    _nested: dict[str | None, _Call] = PrivateAttr(default_factory=dict)  # their nested calls by span id
+    # embedding calls started, by span id: (payer, model); payer None for a budgeted model (it charges itself)
+    _embeds: dict[str | None, list[tuple[str | None, str | None]]] = PrivateAttr(default_factory=dict)
     _unbilled: list[tuple[str, Usage]] = PrivateAttr(default_factory=list)
 
     def __init__(
@@ -205,6 +285,7 @@ class ClearEventHandler(BaseEventHandler):
     ) -> None:  # fmt: skip
         super().__init__(ledger=ledger, tenant=tenant, session=session, lease=lease, stale_after=stale_after)
         self._clock = clock or time.monotonic
+        self._spans._returned_stream = self._returned_stream
         parse_scope(Payer(tenant, session).scope, "tenant")
 
     @classmethod
@@ -212,16 +293,20 @@ class ClearEventHandler(BaseEventHandler):
         return "ClearEventHandler"
 
     def attach(self, dispatcher: Dispatcher | None = None) -> Self:
-        """Add this handler to ``dispatcher`` (default: the root one, which sees every event); idempotent."""
+        """Add both handlers to ``dispatcher`` (default: the root one, which sees everything); idempotent."""
         target = get_dispatcher() if dispatcher is None else dispatcher
+        if not any(handler is self._spans for handler in target.span_handlers):
+            target.add_span_handler(self._spans)
         if not any(handler is self for handler in target.event_handlers):
             target.add_event_handler(self)
         return self
 
     def detach(self, dispatcher: Dispatcher | None = None) -> None:
-        """Remove this handler from ``dispatcher`` (by identity), then settle its open calls (:meth:`close`)."""
-        handlers = (get_dispatcher() if dispatcher is None else dispatcher).event_handlers
-        handlers[:] = [handler for handler in handlers if handler is not self]
+        """Remove both handlers from ``dispatcher`` (by identity), then settle the open calls (:meth:`close`)."""
+        target = get_dispatcher() if dispatcher is None else dispatcher
+        target.event_handlers[:] = [handler for handler in target.event_handlers if handler is not self]
+        target.span_handlers[:] = [handler for handler in target.span_handlers if handler is not self._spans]
+        self._spans.forget()
         self.close()
 
     @classmethod
@@ -238,17 +323,18 @@ class ClearEventHandler(BaseEventHandler):
             handler.detach(dispatcher)
 
     def handle(self, event: BaseEvent, **kwargs: Any) -> None:
-        """Track LLM start / in-progress / end events and the exceptions that end calls."""
+        """Track LLM start / in-progress / end events, the exceptions that end calls, and embedding calls."""
         sid = event.span_id
         if isinstance(event, _STARTS):
             self._start(event, sid)
         elif isinstance(event, _PROGRESS + _ENDS):
             self._progress(sid, event.response, final=isinstance(event, _ENDS))
+        elif isinstance(event, _EMBED_STARTS):
+            self._embed_start(event, sid)
+        elif isinstance(event, _EMBED_ENDS):
+            self._embed_end(sid, getattr(event, "chunks", None) or [])
         elif isinstance(event, ExceptionEvent | SpanDropEvent):  # a stream stopped early / a call that raised
-            with self._lock:
-                call, _ = self._pop(sid), self._nested.pop(sid, None)
-            if call and call.seen and isinstance(event, ExceptionEvent):
-                self._settle(call)
+            self._stop(sid, raised=isinstance(event, SpanDropEvent))
 
     def _start(self, event: ev.LLMChatStartEvent | ev.LLMCompletionStartEvent, sid: str | None) -> None:
         now = self._clock()
@@ -259,79 +345,128 @@ class ClearEventHandler(BaseEventHandler):
         model = info.get("model") or info.get("model_name")
         prompt = event.messages if isinstance(event, ev.LLMChatStartEvent) else event.prompt
         payer = current_payer(Payer(self.tenant, self.session))
-        call = _Call(payer.scope, model if isinstance(model, str) else None, prompt,
+        call = _Call(sid, payer.scope, model if isinstance(model, str) else None, prompt,
                      event.additional_kwargs.get("tools"), now, skip)  # fmt: skip
-        ancestors = _stack_spans(sid)
         with self._lock:
             if sid in self._calls or sid in self._nested:
                 return
-            outer = next((span for span in ancestors if span in self._calls), None)
-            if outer is None:
+            call.parent = self._enclosing(sid)
+            if call.parent is None:
                 self._calls[sid] = call
             else:
-                self._nested[sid] = outer
-                self._calls[outer].children[sid] = None
+                self._nested[sid] = call
+                call.parent.kids.append(call)
+                call.parent.root.touched = now
+
+    def _enclosing(self, sid: str | None) -> _Call | None:
+        """The open call a call starting in span ``sid`` is nested in (lock held): one whose span is an ancestor of
+        ``sid``, else one whose stream's generator is running on this thread's stack."""
+        for span in self._spans.ancestors(sid):
+            if (call := self._calls.get(span) or self._nested.get(span)) is not None:
+                return call
+        running = {frame: call for call in (*self._calls.values(), *self._nested.values())
+                   if (frame := call.running_frame()) is not None}  # fmt: skip
+        frame = sys._getframe(1) if running else None
+        while frame is not None and frame not in running:
+            frame = frame.f_back
+        return None if frame is None else running[frame]
+
+    def _returned_stream(self, sid: str, stream: Any) -> None:
+        """The span handler saw span ``sid`` return a generator: if it is a call's, remember it (weakly)."""
+        with self._lock:
+            if (call := self._calls.get(sid) or self._nested.get(sid)) is not None:
+                call.stream = weakref.ref(stream)
 
     def _progress(self, sid: str | None, response: Any, *, final: bool) -> None:
         reported = None if response is None else _reported(response)
         delta = None if final or response is None else response.delta
         with self._lock:
-            call = self._calls.get(sid)
-            if call is None:  # a nested call (its usage goes to its outermost call), or one not tracked
-                if sid in self._nested:
-                    outer = self._calls.get(self._nested.pop(sid) if final else self._nested[sid])
-                    if outer is not None and reported is not None:
-                        outer.children[sid] = reported
+            call = self._calls.get(sid) or self._nested.get(sid)
+            if call is None:  # not tracked (e.g. already settled)
                 return
-            call.touched = self._clock()
-            call.reported, call.last = reported or call.reported, call.last if response is None else response
+            call.root.touched = self._clock()
+            call.reported = reported or call.reported
+            if call.parent is not None:  # a nested call: only its usage counts, with its outermost call's
+                return
+            call.last = call.last if response is None else response
             if delta:
                 call.deltas.append(delta)
             if final:
-                self._pop(sid)
+                self._pop(call)
         if final:
             self._settle(call)
 
-    def _pop(self, sid: str | None) -> _Call | None:
-        """Remove an open call and forget its nested calls (lock held)."""
-        call = self._calls.pop(sid, None)
-        for child in call.children if call is not None else ():
-            self._nested.pop(child, None)
-        return call
+    def _stop(self, sid: str | None, *, raised: bool) -> None:
+        """A stream stopped early (committed as seen) or a call raised (not charged, nor its nested calls)."""
+        with self._lock:
+            if raised:
+                self._embeds.pop(sid, None)
+            call = self._calls.get(sid) or (self._nested.get(sid) if raised else None)
+            if call is not None:
+                self._pop(call)
+        if call is not None and call.parent is None and call.seen and not raised:
+            self._settle(call)
+
+    def _pop(self, call: _Call) -> None:
+        """Forget a call and the calls nested in it; a nested call is detached from its parent (lock held)."""
+        if call.parent is not None:
+            call.parent.kids.remove(call)
+        stack = [call]
+        while stack:
+            node = stack.pop()
+            stack.extend(node.kids)
+            found = self._calls if node.parent is None else self._nested
+            if found.get(node.sid) is node:
+                del found[node.sid]
 
     def _drain(self, which: Callable[[_Call], bool]) -> None:
         """Remove the open calls ``which`` selects: commit those with output, drop those without (nothing seen)."""
         with self._lock:
-            calls = [self._pop(sid) for sid, call in list(self._calls.items()) if which(call)]
+            calls = [call for call in self._calls.values() if which(call)]
+            for call in calls:
+                self._pop(call)
         for call in calls:
-            if call is not None and call.seen:
+            if call.seen:
                 self._settle(call)
 
     def _settle(self, call: _Call) -> None:
         """Commit the call's usage: the provider's if reported (own or nested), else an offline estimate."""
         if call.skip:
             return
-        nested = None
-        for child in call.children.values():
-            nested = _add(nested, child)
-        best = max((u for u in (call.reported, nested) if u), key=lambda u: (u[0] or 0) + u[1], default=None)
+        best = call.usage()
         if best is not None and best[0] is not None:
             usage = Usage(best[0], best[1], best[2])
         else:
             prompt = count_tokens(_prompt_text(call), model=call.model).tokens
-            joined = "".join(call.deltas)
-            text = "" if call.last is None else _response_text(call.last)
-            text = text if len(text) >= len(joined) else joined
+            text = _completion_text(call)
             completion = (count_tokens(text, model=call.model).tokens if text else 0) if best is None else best[1]
             usage = Usage(prompt, completion, 0 if best is None else best[2], estimated=True)
-        if self._record(call.scope, usage) and self._unbilled:
-            self.flush()
+        self._record(call.scope, usage)
+
+    def _embed_start(self, event: BaseEvent, sid: str | None) -> None:
+        info = getattr(event, "model_dict", {})
+        model = info.get("model_name")
+        budgeted = info.get("class_name") == "ClearBudgetEmbedding"  # it charges its own calls
+        scope = None if budgeted else current_payer(Payer(self.tenant, self.session)).scope
+        with self._lock:
+            self._embeds.setdefault(sid, []).append((scope, model if isinstance(model, str) else None))
+
+    def _embed_end(self, sid: str | None, chunks: list[str]) -> None:
+        """One embedding call: its chunks' offline counts as prompt tokens, to the payer of its start event."""
+        with self._lock:
+            pending = self._embeds.get(sid)
+            scope, model = pending.pop(0) if pending else (current_payer(Payer(self.tenant, self.session)).scope, None)
+            if not pending:
+                self._embeds.pop(sid, None)
+        counts = [count_tokens(chunk, model=model) for chunk in chunks if isinstance(chunk, str)]
+        if counts and scope is not None:
+            self._record(scope, Usage(sum(c.tokens for c in counts), estimated=any(c.estimated for c in counts)))
 
     def _record(self, scope: str, usage: Usage, *, retry: bool = False) -> bool:
-        """Charge ``usage`` in full; when the ledger is unreachable keep it unbilled (and warn, unless retrying)."""
+        """Charge ``usage`` in full (then retry the unbilled usage); when the ledger is unreachable keep it unbilled
+        (and warn, unless retrying)."""
         try:
             self.ledger.charge(scope, usage, lease=self.lease)
-            return True
         except ClearError as error:
             keep = isinstance(error, BudgetExceeded | LedgerUnavailable)
             if keep:
@@ -339,8 +474,11 @@ class ClearEventHandler(BaseEventHandler):
                     self._unbilled.append((scope, usage))
             if not (keep and retry):
                 fate = "kept unbilled (see flush())" if keep else "not recorded"
-                warnings.warn(f"ClearEventHandler: {usage.total} tokens of {scope!r} {fate}: {error}", ClearWarning, 3)
+                warnings.warn(f"ClearEventHandler: {usage.total} tokens of {scope!r} {fate}: {error}", ClearWarning, 4)
             return False
+        if not retry and self._unbilled:
+            self.flush()
+        return True
 
     def flush(self) -> int:
         """Try again to record the unbilled usage (e.g. after a budget was raised); returns how many calls remain."""
@@ -365,4 +503,6 @@ class ClearEventHandler(BaseEventHandler):
     def close(self) -> None:
         """Settle every open call: a stream begun is committed with what it streamed; a call with no output yet (a
         stream never read, or a call still in flight, whose end this handler will not see) is dropped."""
+        with self._lock:
+            self._embeds.clear()
         self._drain(lambda _: True)

@@ -1,49 +1,37 @@
 """``ClearBudgetLLM``: a LlamaIndex LLM that wraps another and spends through the ledger.
 
-Enforcement model. Each call (chat, completion, stream, sync or async) is:
+Each call (chat, completion, stream, sync or async) runs the lifecycle of :mod:`clear_integrations.budgeting`:
 
-1. **decided**: the payer is resolved (:mod:`.scope`), the prompt counted (with the wrapped LLM's own tokenizer
-   when it has one), and :meth:`~clear_integrations.policy.BudgetController.begin` estimates the query's curve,
-   prices it and reserves the prompt plus the completion cap on the tenant and the session, atomically;
+1. **decided**: the payer is resolved when the call is made (:mod:`.scope`), the prompt counted (with the wrapped
+   LLM's own tokenizer when it has one), and the policy estimates the query's curve, prices it and reserves the
+   prompt plus the completion cap on the tenant and the session, atomically;
 2. **abandoned**, if the budget or the price says stop: the wrapped LLM is never called and the call returns a
-   fallback ``ChatResponse`` / ``CompletionResponse`` (the decision's ``clear_*`` keys in ``additional_kwargs``),
-   or raises :class:`~clear_integrations.errors.QueryAbandoned` with ``on_abandon="raise"``. In an agent the
-   fallback is a final answer without tool calls, so the agent ends gracefully;
+   fallback ``ChatResponse`` / ``CompletionResponse`` (the decision's ``clear_*`` keys in ``additional_kwargs`` and
+   ``raw``, and in a query engine's ``Response.metadata["clear_abandoned"]``), or raises
+   :class:`~clear_integrations.errors.QueryAbandoned` with ``on_abandon="raise"``. In an agent the fallback is a
+   final answer without tool calls, so the agent ends gracefully;
 3. **capped**: otherwise the call goes to a copy of the wrapped LLM with the cap in its provider's own parameter
-   (:func:`~.caps.cap_llm`: OpenAI/Anthropic ``max_tokens``, Ollama ``num_predict``, LlamaCPP
-   ``generate_kwargs["max_tokens"]``, ...), because many LlamaIndex LLMs ignore a per-call ``max_tokens``;
-4. **committed**: the usage the provider reported (:mod:`.usage`), or the answer counted and marked estimated, is
-   committed, and what the reservation held beyond it goes back to the pool; an error releases the reservation.
-   Streams are cut at the cap, even from an LLM that ignored it: after the cap, chunks without new tokens (a
-   finish reason, a usage report) still pass, so a provider that honours the cap ends normally and reports its
-   usage; the first chunk with a token beyond the cap is paid for but not delivered, and the stream is closed.
-   What streamed is committed (a stream the consumer closes early commits what it delivered; one that failed
-   before delivering anything is released). A non-streamed answer cut at its cap is
-   continued while the policy's curve says the next tokens are still worth their price (each continuation
-   reserved and committed like a call of its own).
+   (:func:`~.caps.cap_llm`), because many LlamaIndex LLMs ignore a per-call ``max_tokens``;
+4. **committed**: the usage the provider reported (:mod:`.usage`), or the answer counted and marked estimated; an
+   error releases the reservation. Streams are cut at the cap by the :class:`~clear_integrations.budgeting.StreamMeter`
+   rule; what streamed is committed. A non-streamed answer cut at its cap is continued while the policy's curve
+   says the next tokens are still worth their price.
 
-Streams decide lazily, on their first ``next()``: a stream that is never iterated reserves nothing (and with
-``on_abandon="raise"`` the first ``next()`` raises). The mechanics live in :mod:`.spend`.
+Streams decide lazily, on their first ``next()``, but their payer is the one in force when the stream was created.
 
-Payer. The wrapper's ``tenant`` / ``session``, unless the current task names others with
-:func:`~.scope.clear_scope` or with ``instrument_tags({"clear_tenant": ..., "clear_session": ...})`` (both are
-``ContextVar`` values, so they follow ``FunctionAgent`` / ``AgentWorkflow`` steps; :func:`~.scope.clear_scope` wins).
+Events. ``ClearBudgetLLM``'s own methods are **not** decorated with ``llm_chat_callback``: the wrapped LLM's
+decorated methods emit the LLM events (legacy callbacks and instrumentation) exactly as they would without the
+wrapper, so a handler (``TokenCountingHandler``, ``ClearEventHandler``) sees one user call once. A callback manager
+set on the wrapper after it was built (``Settings.callback_manager`` through ``Settings.llm``, a synthesizer's or
+engine's ``callback_manager=``) is set on the wrapped LLM too. The inner events carry the instrumentation tags
+``clear_budgeted=True``, ``clear_tenant``, ``clear_session`` and ``clear_reservation``.
 
-Events. ``ClearBudgetLLM``'s own methods are **not** decorated with ``llm_chat_callback`` /
-``llm_completion_callback``: the wrapped LLM's decorated methods emit the LLM events (legacy callbacks and
-instrumentation) exactly as they would without the wrapper, so a handler sees one user call once (as often as the
-wrapped LLM emits it). Those events carry the instrumentation tags ``clear_budgeted=True``, ``clear_tenant``,
-``clear_session`` and ``clear_reservation``, which tell an accounting handler (``ClearEventHandler``) that the
-call is already on the ledger. An abandoned call reaches no LLM and emits no LLM event.
-
-Async paths use ``async_ledger`` natively when given; otherwise the sync ledger runs in a worker thread
-(``anyio.to_thread``), never on the event loop.
+Async paths use ``async_ledger`` when given; otherwise the ledger runs in worker threads, never on the event loop.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.llms.types import (
@@ -55,24 +43,62 @@ from llama_index.core.base.llms.types import (
     CompletionResponseAsyncGen,
     CompletionResponseGen,
     LLMMetadata,
+    ToolCallBlock,
 )
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 from pydantic import Field, PrivateAttr
 
+from ...budgeting import (
+    Abandon,
+    BudgetPolicy,
+    Decision,
+    Generate,
+    Generated,
+    Outcome,
+    Payer,
+    Request,
+    Spender,
+    StreamMeter,
+)
+from ...budgeting.streams import astream, stream
+from ...errors import Unsupported
 from ...estimators.base import Estimator
-from ...ledger import AsyncLedger, Ledger
-from ...ledger.accounts import parse_scope
-from ...policy import AsyncBudgetController, BudgetController, BudgetPolicy
-from .calls import Abandon, Call
-from .scope import Payer, current_payer
-from .spend import Spender
-from .usage import llm_model_name, llm_tokenizer
+from ...ledger import AsyncLedger, Ledger, Usage
+from ...tokens import count_tokens
+from .calls import Call, continuation, fallback, joined
+from .caps import CAP_KWARGS, cap_kwargs, cap_llm, current_cap, user_set_cap
+from .responses import install_response_handler, record_abandoned
+from .scope import budget_tags, current_payer
+from .usage import (
+    finish_reason,
+    llm_model_name,
+    llm_tokenizer,
+    prompt_of_messages,
+    reported_usage,
+    response_text,
+    usage_from_response,
+)
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
 
 __all__ = ["ClearBudgetLLM"]
+
+Response = ChatResponse | CompletionResponse
+_SETTINGS = (
+    "callback_manager",
+    "system_prompt",
+    "messages_to_prompt",
+    "completion_to_prompt",
+    "output_parser",
+    "pydantic_program_mode",
+    "query_wrapper_prompt",
+)
+
+
+def _positive(value: Any) -> int | None:
+    return value if type(value) is int and value > 0 else None
 
 
 class ClearBudgetLLM(FunctionCallingLLM):
@@ -81,14 +107,14 @@ class ClearBudgetLLM(FunctionCallingLLM):
     Args:
         llm: any LlamaIndex LLM; a function-calling one stays function-calling (``achat_with_tools``,
             ``astream_chat_with_tools``, ``FunctionAgent``, structured prediction).
-        ledger: the budgets. ``tenant`` (and optionally ``session``) pay, unless :func:`~.scope.clear_scope` or the
-            instrumentation tags ``clear_tenant`` / ``clear_session`` name others for the current task.
+        ledger: the budgets. ``tenant`` (and optionally ``session``) pay, unless the instrumentation tags
+            ``clear_tenant`` / ``clear_session`` or :func:`~clear_integrations.budgeting.clear_scope` name others.
         policy: how calls are decided (default: capped to what the budgets have left); ``estimator`` is a
             shortcut for ``BudgetPolicy(estimator=...)``.
         on_abandon: what an abandoned call returns: ``"message"`` (a fallback answer), ``"raise"``
             (:class:`~clear_integrations.errors.QueryAbandoned`), any other string (that answer), or a callable
-            from the :class:`~clear_integrations.policy.Decision` to the answer (text or a response).
-        async_ledger: serves the async paths natively (default: the sync ledger in a worker thread).
+            from the :class:`~clear_integrations.budgeting.Decision` to the answer (text or a response).
+        async_ledger: the same store as an async ledger (default: the ledger from worker threads).
         tokenizer: counts the wrapped LLM's tokens exactly (default: LlamaCPP's own, else tiktoken, estimated).
 
     The wrapper copies the wrapped LLM's prompt settings (``system_prompt``, ``messages_to_prompt``,
@@ -102,6 +128,8 @@ class ClearBudgetLLM(FunctionCallingLLM):
     session: str | None = Field(default=None, description="The session that pays by default.")
 
     _spender: Spender = PrivateAttr()
+    _tokenizer: Callable[[str], int] | None = PrivateAttr(default=None)
+    _model_name: str | None = PrivateAttr(default=None)
 
     def __init__(
         self,
@@ -117,33 +145,28 @@ class ClearBudgetLLM(FunctionCallingLLM):
         tokenizer: Callable[[str], int] | None = None,
         **kwargs: Any,
     ) -> None:
-        if policy is None:
-            policy = BudgetPolicy(estimator=estimator)
-        elif estimator is not None:
-            policy = dataclasses.replace(policy, estimator=estimator)
-        parse_scope(Payer(tenant, session).scope, "tenant/session")  # a malformed id fails here, not at the first call
-        if not (callable(on_abandon) or isinstance(on_abandon, str)):
-            raise TypeError(f"on_abandon must be 'message', 'raise', a string or a callable, not {on_abandon!r}")
-        settings = {
-            name: getattr(llm, name)
-            for name in (
-                "callback_manager",
-                "system_prompt",
-                "messages_to_prompt",
-                "completion_to_prompt",
-                "output_parser",
-                "pydantic_program_mode",
-                "query_wrapper_prompt",
-            )
-        }
-        super().__init__(llm=llm, tenant=tenant, session=session, **{**settings, **kwargs})
-        self._spender = Spender(
-            BudgetController(ledger, policy),
-            None if async_ledger is None else AsyncBudgetController(async_ledger, policy),
-            on_abandon,
-            tokenizer if tokenizer is not None else llm_tokenizer(llm),
-            llm_model_name(llm),
+        spender = Spender.open(
+            ledger,
+            tenant=tenant,
+            session=session,
+            policy=policy,
+            estimator=estimator,
+            on_abandon=on_abandon,
+            async_ledger=async_ledger,
         )
+        settings = {name: getattr(llm, name) for name in _SETTINGS}
+        super().__init__(llm=llm, tenant=tenant, session=session, **{**settings, **kwargs})
+        if "callback_manager" in kwargs:
+            llm.callback_manager = self.callback_manager
+        self._spender = spender
+        self._tokenizer = tokenizer if tokenizer is not None else llm_tokenizer(llm)
+        self._model_name = llm_model_name(llm)
+        install_response_handler()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "callback_manager" and "llm" in self.__dict__:  # events come from the wrapped LLM: it must see it
+            self.llm.callback_manager = value
 
     @classmethod
     def class_name(cls) -> str:
@@ -152,12 +175,12 @@ class ClearBudgetLLM(FunctionCallingLLM):
     @property
     def ledger(self) -> Ledger:
         """The ledger the calls spend on."""
-        return self._spender.controller.ledger
+        return self._spender.ledger
 
     @property
     def policy(self) -> BudgetPolicy:
         """The policy that decides each call."""
-        return self._spender.controller.policy
+        return self._spender.policy
 
     @property
     def metadata(self) -> LLMMetadata:
@@ -166,14 +189,11 @@ class ClearBudgetLLM(FunctionCallingLLM):
         calling = isinstance(self.llm, FunctionCallingLLM) and meta.is_function_calling_model
         return meta.model_copy(update={"is_function_calling_model": calling})
 
-    def _payer(self) -> Payer:
-        return current_payer(Payer(self.tenant, self.session))
-
     # -- tools: the wrapped LLM's own formats ----------------------------------------------------------------
 
     def _calling(self) -> FunctionCallingLLM:
         if not isinstance(self.llm, FunctionCallingLLM):
-            raise TypeError(f"{type(self.llm).__name__} is not a FunctionCallingLLM: it cannot call tools")
+            raise Unsupported("llm", type(self.llm).__name__, "is not a FunctionCallingLLM: it cannot call tools")
         return self.llm
 
     def _prepare_chat_with_tools(
@@ -210,76 +230,229 @@ class ClearBudgetLLM(FunctionCallingLLM):
             response, error_on_no_tool_call=error_on_no_tool_call, **kwargs
         )
 
-    # -- the LLM interface (not decorated: the wrapped LLM emits the events, see the module docstring) --------
+    # -- translation: one call, its model calls, its answer ---------------------------------------------------
+
+    def _count(self, text: str) -> int:
+        return count_tokens(text, model=self._model_name, tokenizer=self._tokenizer).tokens
+
+    def _call(self, kwargs: dict[str, Any], *, messages: Sequence[ChatMessage] | None = None, prompt: str = "") -> Call:
+        """A call made now: its payer resolved now; tool schemas count toward the prompt (as providers count them)
+        unless the LLM's own tokenizer counts."""
+        caps = [_positive(value) for key, value in kwargs.items() if key in CAP_KWARGS]
+        own = current_cap(self.llm)
+        ceiling = None
+        if own is not None and user_set_cap(self.llm):
+            caps.append(own)
+        else:
+            ceiling = own
+        found = [cap for cap in caps if cap is not None]
+        rest = {key: value for key, value in kwargs.items() if key not in CAP_KWARGS}
+        exact = self._tokenizer is not None
+        tools = rest.get("tools")
+        text = prompt if messages is None else prompt_of_messages(self.llm, messages, exact=exact)
+        counted = text + ("\n" + str(tools) if tools and not exact else "")
+        payer = current_payer(Payer(self.tenant, self.session))
+        shown = text if self._spender.policy.estimator is not None else ""
+        request = Request(
+            payer.scope,
+            shown,
+            self._count(counted),
+            not exact,
+            min(found) if found else None,
+            ceiling,
+            extendable="tools" not in rest,
+        )
+        return Call(payer, request, rest, messages, text)
 
     def _chat_call(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> Call:
-        return self._spender.chat_call(self.llm, self._payer(), messages, kwargs)
+        return self._call(kwargs, messages=messages)
 
     def _completion_call(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> Call:
-        return self._spender.completion_call(self.llm, self._payer(), prompt, formatted, kwargs)
+        """A completion, counted as the LLM will send it (its ``completion_to_prompt`` unless ``formatted``)."""
+        template = self.llm.completion_to_prompt
+        return self._call(kwargs, prompt=prompt if formatted or template is None else str(template(prompt)))
+
+    def _target(self, decision: Decision) -> tuple[LLM, dict[str, Any]]:
+        cap = decision.max_tokens
+        return (self.llm, {}) if cap is None else (cap_llm(self.llm, cap), cap_kwargs(self.llm, cap))
+
+    def _generated(self, call: Call, op: Generate, response: Response) -> Generated:
+        decision = op.decision
+        usage = usage_from_response(
+            response,
+            prompt_tokens=decision.prompt_tokens,
+            prompt_estimated=decision.prompt_estimated,
+            model=self._model_name,
+            tokenizer=self._tokenizer,
+        )
+        tool_call = isinstance(response, ChatResponse) and any(
+            isinstance(block, ToolCallBlock) for block in response.message.blocks
+        )
+        reason = finish_reason(response)
+        cut = (
+            decision.max_tokens is not None
+            and not tool_call
+            and (reason == "length" if reason is not None else usage.completion >= decision.max_tokens)
+        )
+        again = 0
+        if cut and call.request.extendable:
+            following = continuation(call, (*op.outputs, response))
+            again = self._count(
+                following
+                if isinstance(following, str)
+                else prompt_of_messages(self.llm, following, exact=self._tokenizer is not None)
+            )
+        return Generated(response, usage, cut, again)
+
+    def _sending(self, call: Call, op: Generate) -> tuple[LLM, Any, dict[str, Any]]:
+        """The capped LLM, what to send (the caller's messages or formatted prompt, or a continuation), and the
+        keywords (a completion is always sent formatted: ``call.prompt`` is already what the LLM would send)."""
+        target, extra = self._target(op.decision)
+        sent = continuation(call, op.outputs) if op.outputs else call.messages if call.chat else call.prompt
+        return target, sent, {**call.rest, **extra} if call.chat else {**call.rest, **extra, "formatted": True}
+
+    def _send(self, call: Call, op: Generate) -> Generated:
+        target, sent, kwargs = self._sending(call, op)
+        with budget_tags(call.payer, op.decision):
+            response: Response = target.chat(sent, **kwargs) if call.chat else target.complete(sent, **kwargs)
+        return self._generated(call, op, response)
+
+    async def _asend(self, call: Call, op: Generate) -> Generated:
+        target, sent, kwargs = self._sending(call, op)
+        with budget_tags(call.payer, op.decision):
+            if call.chat:
+                response: Response = await target.achat(sent, **kwargs)
+            else:
+                response = await target.acomplete(sent, **kwargs)
+        return self._generated(call, op, response)
+
+    def _abandoned(self, decision: Decision, *, chat: bool, stream: bool = False) -> Any:
+        record_abandoned(decision)
+        return fallback(self._spender.on_abandon, decision, chat=chat, stream=stream)
+
+    def _answer(self, call: Call, outcome: Outcome) -> Any:
+        decision = outcome.decision
+        if decision.abandoned:
+            return self._abandoned(decision, chat=call.chat)
+        if len(outcome.outputs) > 1:
+            return joined(outcome.outputs, outcome.usage, decision)
+        response: Response = outcome.outputs[0]
+        response.additional_kwargs = {**response.additional_kwargs, **decision.metadata()}
+        return response
+
+    def _run(self, call: Call) -> Any:
+        return self._answer(call, self._spender.sync.call(call.request, lambda op: self._send(call, op)))
+
+    async def _arun(self, call: Call) -> Any:
+        async def send(op: Generate) -> Generated:
+            return await self._asend(call, op)
+
+        return self._answer(call, await self._spender.asynchronous.call(call.request, send))
+
+    # -- streams ------------------------------------------------------------------------------------------------
+
+    def _meter(self, decision: Decision) -> StreamMeter:
+        return StreamMeter(decision.max_tokens, self._count, exact=self._tokenizer is not None)
+
+    def _stream(self, call: Call) -> Iterator[Any]:
+        def open_stream(decision: Decision) -> Iterator[Response]:
+            target, sent, kwargs = self._sending(call, Generate(decision))
+            with budget_tags(call.payer, decision):
+                chunks = target.stream_chat(sent, **kwargs) if call.chat else target.stream_complete(sent, **kwargs)
+            return _tagged(chunks, call.payer, decision)
+
+        def abandoned(decision: Decision) -> Any:
+            return self._abandoned(decision, chat=call.chat, stream=True)
+
+        return stream(self._spender.sync, call.request, open_stream, _Reader(), abandoned, self._meter)
+
+    def _astream(self, call: Call) -> AsyncIterator[Any]:
+        async def open_stream(decision: Decision) -> AsyncIterator[Response]:
+            target, sent, kwargs = self._sending(call, Generate(decision))
+            chunks: AsyncIterator[Response]
+            with budget_tags(call.payer, decision):
+                if call.chat:
+                    chunks = await target.astream_chat(sent, **kwargs)
+                else:
+                    chunks = await target.astream_complete(sent, **kwargs)
+            return _atagged(chunks, call.payer, decision)
+
+        def abandoned(decision: Decision) -> Any:
+            return self._abandoned(decision, chat=call.chat, stream=True)
+
+        return astream(self._spender.asynchronous, call.request, open_stream, _Reader(), abandoned, self._meter)
+
+    # -- the LLM interface (not decorated: the wrapped LLM emits the events, see the module docstring) --------
 
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        spender, call = self._spender, self._chat_call(messages, kwargs)
-        decision = spender.begin(call)
-        if decision.abandoned:
-            return spender.fallback(decision, chat=True)  # type: ignore[no-any-return]
-        done = spender.run(self.llm, call, decision, lambda llm, kw: llm.chat(messages, **kw))
-        return spender.extend(self.llm, call, decision, done, messages)
+        return self._run(self._chat_call(messages, kwargs))  # type: ignore[no-any-return]
 
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        spender, call = self._spender, self._chat_call(messages, kwargs)
-        decision = await spender.abegin(call)
-        if decision.abandoned:
-            return spender.fallback(decision, chat=True)  # type: ignore[no-any-return]
-
-        async def send(llm: LLM, kw: dict[str, Any]) -> ChatResponse:
-            return await llm.achat(messages, **kw)
-
-        done = await spender.arun(self.llm, call, decision, send)
-        return await spender.aextend(self.llm, call, decision, done, messages)
+        return await self._arun(self._chat_call(messages, kwargs))  # type: ignore[no-any-return]
 
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        spender, call = self._spender, self._completion_call(prompt, formatted, kwargs)
-        decision = spender.begin(call)
-        if decision.abandoned:
-            return spender.fallback(decision, chat=False)  # type: ignore[no-any-return]
-        done = spender.run(self.llm, call, decision, lambda llm, kw: llm.complete(prompt, formatted=formatted, **kw))
-        return spender.extend(self.llm, call, decision, done, None)
+        return self._run(self._completion_call(prompt, formatted, kwargs))  # type: ignore[no-any-return]
 
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        spender, call = self._spender, self._completion_call(prompt, formatted, kwargs)
-        decision = await spender.abegin(call)
-        if decision.abandoned:
-            return spender.fallback(decision, chat=False)  # type: ignore[no-any-return]
-
-        async def send(llm: LLM, kw: dict[str, Any]) -> CompletionResponse:
-            return await llm.acomplete(prompt, formatted=formatted, **kw)
-
-        done = await spender.arun(self.llm, call, decision, send)
-        return await spender.aextend(self.llm, call, decision, done, None)
+        return await self._arun(self._completion_call(prompt, formatted, kwargs))  # type: ignore[no-any-return]
 
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        call = self._chat_call(messages, kwargs)
-        return self._spender.stream(self.llm, call, lambda llm, kw: llm.stream_chat(messages, **kw), chat=True)
+        return self._stream(self._chat_call(messages, kwargs))  # type: ignore[return-value]
 
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        call = self._completion_call(prompt, formatted, kwargs)
-        return self._spender.stream(
-            self.llm, call, lambda llm, kw: llm.stream_complete(prompt, formatted=formatted, **kw), chat=False
-        )
+        return self._stream(self._completion_call(prompt, formatted, kwargs))  # type: ignore[return-value]
 
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        call = self._chat_call(messages, kwargs)
-
-        async def open_stream(llm: LLM, kw: dict[str, Any]) -> AsyncIterator[ChatResponse]:
-            return await llm.astream_chat(messages, **kw)
-
-        return self._spender.astream(self.llm, call, open_stream, chat=True)
+        return self._astream(self._chat_call(messages, kwargs))  # type: ignore[return-value]
 
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
-        call = self._completion_call(prompt, formatted, kwargs)
+        return self._astream(self._completion_call(prompt, formatted, kwargs))  # type: ignore[return-value]
 
-        async def open_stream(llm: LLM, kw: dict[str, Any]) -> AsyncIterator[CompletionResponse]:
-            return await llm.astream_complete(prompt, formatted=formatted, **kw)
 
-        return self._spender.astream(self.llm, call, open_stream, chat=False)
+class _Reader:
+    """Reads a stream's responses: the new text (``delta``, or the part of the cumulative text not seen yet; tool
+    calls count too) and the usage the provider reported so far (LlamaIndex responses carry it whole)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def __call__(self, chunk: Response) -> tuple[str, Usage | None]:
+        delta = chunk.delta
+        if delta is None:
+            whole = response_text(chunk)
+            delta = whole[len(self.text) :] if whole.startswith(self.text) else whole
+        self.text += delta
+        return delta, reported_usage(chunk)
+
+
+def _tagged(chunks: Iterator[Response], payer: Payer, decision: Decision) -> Iterator[Response]:
+    """The wrapped LLM's stream, read with the budget tags (its events are the wrapper's), the decision on each."""
+    try:
+        while True:
+            with budget_tags(payer, decision):
+                chunk = next(chunks, None)
+            if chunk is None:
+                return
+            chunk.additional_kwargs = {**chunk.additional_kwargs, **decision.metadata()}
+            yield chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            with budget_tags(payer, decision):
+                close()
+
+
+async def _atagged(chunks: AsyncIterator[Response], payer: Payer, decision: Decision) -> AsyncIterator[Response]:
+    try:
+        while True:
+            with budget_tags(payer, decision):
+                chunk = await anext(chunks, None)
+            if chunk is None:
+                return
+            chunk.additional_kwargs = {**chunk.additional_kwargs, **decision.metadata()}
+            yield chunk
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            with budget_tags(payer, decision):
+                await aclose()

@@ -1,11 +1,17 @@
 -- ARGV: now, rid, scope, tokens, minimum (-1: exactly `tokens`; 0: whatever is left, maybe nothing), expires
--- returns {1, granted} or {0, refused_account, account1, remaining1, ...}; idempotent by rid
--- (a retry returns {1, granted, requested, created, expires} of the first call)
+-- returns {1, granted, limited} or {0, refused_account, account1, remaining1, ...}; idempotent by rid
+-- (a retry returns {1, granted, limited, requested, created, expires} of the first call);
+-- limited is 1 when a hard budget on the path bounds the grant
 local rid, scope, expires = ARGV[2], ARGV[3], ARGV[6]
 local existing = redis.call('HGET', K_RES, rid)
 if existing then -- a retried call: the reservation was made, never hold twice
   local r = cjson.decode(existing)
-  return {1, r[3], r[4], r[5], r[6]}
+  local limited = 0
+  for _, name in ipairs(path(r[2])) do
+    local a = account(name)
+    if a.lim and a.mode == 'hard' then limited = 1 end
+  end
+  return {1, r[3], limited, r[4], r[5], r[6]}
 end
 expire_due()
 local tokens, minimum = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -35,8 +41,9 @@ end
 if refused then
   return {0, refused, unpack(remaining)}
 end
-local over = 0
+local over, limited = 0, 0
 for _, a in ipairs(accounts) do
+  if a.lim and a.mode == 'hard' then limited = 1 end
   if a.lim and a.mode == 'soft' then
     local o = a.sp + a.hd + grant - a.lim
     if o > grant then o = grant end
@@ -47,4 +54,4 @@ end
 redis.call('HSET', K_RES, rid, cjson.encode({'held', scope, grant, tokens, NOW_S, expires, 0, 0, 0, ''}))
 redis.call('ZADD', K_LEASE, expires, rid)
 log('reserve', scope, rid, grant, 0, 0, 0, 0, 0, 0, over, '')
-return {1, grant}
+return {1, grant, limited}

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from clear_integrations import CurveBatch, InvalidBudget
+from clear_integrations.budgeting import AsyncBudgetController, BudgetController, BudgetPolicy
 from clear_integrations.ledger import Budget, Ledger, Usage, open_async_ledger, open_ledger
-from clear_integrations.policy import AsyncBudgetController, BudgetController, BudgetPolicy
 
 GRID = [16, 32, 64, 128]
 EASY = [0.0, 0.3, 0.9, 0.95]
@@ -44,8 +44,11 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Ledger:
 def test_without_pricing_calls_are_capped_to_what_is_left(ledger: Ledger) -> None:
     control = BudgetController(ledger, BudgetPolicy(reserve_tokens=400))
     first = control.begin("acme/s1", "hello", prompt_tokens=100)
-    assert (first.action, first.max_tokens) == ("allow", None)  # 100 + 400 fit: no cap needed
+    assert (first.action, first.max_tokens) == ("cap", 400)  # a hard budget: the call is capped at what it holds
     assert ledger.balance("acme").held == 500
+    free = control.begin("free/s1", "hello", prompt_tokens=100)
+    assert (free.action, free.max_tokens) == ("allow", None)  # no hard budget: the model keeps its own cap
+    control.fail(free)
     assert control.end(first, Usage(prompt=100, completion=150)) == 250
     second = control.begin("acme/s1", "hello", prompt_tokens=100, requested=800)
     assert (second.action, second.max_tokens) == ("cap", 650)  # 1000 - 250 spent - 100 prompt

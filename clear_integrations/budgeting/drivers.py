@@ -1,0 +1,201 @@
+"""Drivers: run a budgeting flow (:mod:`.flows`) by performing what it yields, sync or async.
+
+A flow yields ledger operations, ``Sleep`` and ``Generate`` (the model call, handed to the adapter's ``generate``);
+the driver performs each and sends the answer back, or throws the error in, so the flow decides what an error
+means (a refused reservation: wait or abandon; a failed model call: release). :func:`run_sync` drives a sync
+:class:`~clear_integrations.ledger.Ledger`. :func:`run_async` drives an
+:class:`~clear_integrations.ledger.AsyncLedger` (``AsyncLedger.of(ledger)`` serves a sync ledger from worker
+threads): each ledger step runs to its end even when the call is cancelled (under asyncio, in a task of its own
+behind ``asyncio.shield``: anyio's shield does not stop a native ``Task.cancel()``), and a reservation that lands
+after its call was cancelled is released at once, so a cancelled call never holds tokens until its lease runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+import anyio
+
+from ..ledger import AsyncLedger, Ledger
+from .decision import Decision
+from .ops import (
+    Commit,
+    Flow,
+    Generate,
+    Generated,
+    LedgerOp,
+    ReadBalance,
+    ReadState,
+    Release,
+    Reserve,
+    Sleep,
+    WriteState,
+)
+
+__all__ = ["aperform", "current_decision", "perform", "run_async", "run_sync"]
+
+T = TypeVar("T")
+GenerateSync = Callable[[Generate], Generated]
+GenerateAsync = Callable[[Generate], Awaitable[Generated]]
+_generating: ContextVar[Decision | None] = ContextVar("clear_generating", default=None)
+
+
+def current_decision() -> Decision | None:
+    """The decision of the model call in progress (set while a driver hands ``Generate`` to the adapter): code
+    that runs inside the provider call (a custom model, a test double, a log) can see what pays for it."""
+    return _generating.get()
+
+
+def perform(ledger: Ledger, op: LedgerOp) -> Any:
+    """One ledger step on a sync ledger."""
+    match op:
+        case Reserve(scope, tokens, None, lease):
+            return ledger.reserve(scope, tokens, lease=lease)
+        case Reserve(scope, tokens, int() as minimum, lease):
+            return ledger.reserve_up_to(scope, tokens, minimum=minimum, lease=lease)
+        case Commit(reservation, usage):
+            return ledger.commit(reservation, usage)
+        case Release(reservation):
+            return ledger.release(reservation)
+        case ReadBalance(account):
+            return ledger.balance(account)
+        case ReadState(pool):
+            return ledger.get_state(pool)
+        case WriteState(pool, value, version):
+            return ledger.set_state(pool, value, expected_version=version)
+    raise TypeError(f"not a ledger operation: {op!r}")  # pragma: no cover - the Op union is closed
+
+
+async def aperform(ledger: AsyncLedger, op: LedgerOp) -> Any:
+    """One ledger step on an async ledger."""
+    match op:
+        case Reserve(scope, tokens, None, lease):
+            return await ledger.reserve(scope, tokens, lease=lease)
+        case Reserve(scope, tokens, int() as minimum, lease):
+            return await ledger.reserve_up_to(scope, tokens, minimum=minimum, lease=lease)
+        case Commit(reservation, usage):
+            return await ledger.commit(reservation, usage)
+        case Release(reservation):
+            return await ledger.release(reservation)
+        case ReadBalance(account):
+            return await ledger.balance(account)
+        case ReadState(pool):
+            return await ledger.get_state(pool)
+        case WriteState(pool, value, version):
+            return await ledger.set_state(pool, value, expected_version=version)
+    raise TypeError(f"not a ledger operation: {op!r}")  # pragma: no cover
+
+
+def _no_model(op: Generate) -> Generated:
+    raise TypeError(f"this flow calls a model ({op.decision.scope}): give the driver a generate function")
+
+
+def run_sync(
+    flow: Flow[T],
+    ledger: Ledger,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    generate: GenerateSync = _no_model,
+) -> T:
+    """Run ``flow`` to its end on ``ledger``; ``generate`` makes the model calls it asks for."""
+    reply: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            op = flow.send(reply) if error is None else flow.throw(error)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        reply, error = None, None
+        try:
+            if isinstance(op, Generate):
+                token = _generating.set(op.decision)
+                try:
+                    reply = generate(op)
+                finally:
+                    _generating.reset(token)
+            elif isinstance(op, Sleep):
+                sleep(op.seconds)
+            else:
+                reply = perform(ledger, op)
+        except BaseException as exc:  # the flow decides: wait, release, or let it propagate
+            error = exc
+
+
+async def _no_amodel(op: Generate) -> Generated:
+    return _no_model(op)
+
+
+async def run_async(
+    flow: Flow[T],
+    ledger: AsyncLedger,
+    *,
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    generate: GenerateAsync = _no_amodel,
+) -> T:
+    """The async twin of :func:`run_sync`. Ledger steps are shielded from cancellation: a cancellation arrives at
+    the next model call or sleep, and the flow's clean-up (a release) still reaches the ledger."""
+    reply: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            op = flow.send(reply) if error is None else flow.throw(error)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        reply, error = None, None
+        try:
+            if isinstance(op, Generate):
+                token = _generating.set(op.decision)
+                try:
+                    reply = await generate(op)
+                finally:
+                    _generating.reset(token)
+            elif isinstance(op, Sleep):
+                await sleep(op.seconds)
+            else:
+                reply = await _finished(ledger, op)
+        except BaseException as exc:
+            error = exc
+
+
+_running: set[asyncio.Future[Any]] = set()  # ledger steps left to finish after their call was cancelled
+
+
+async def _finished(ledger: AsyncLedger, op: LedgerOp) -> Any:
+    """``op``'s reply; the step runs to its end even if this await is cancelled (a reservation made after the
+    cancellation is released)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # another event loop (trio): its cancel scopes honour a shield
+        with anyio.CancelScope(shield=True):
+            return await aperform(ledger, op)
+    task = _background(aperform(ledger, op))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if isinstance(op, Reserve):
+            task.add_done_callback(lambda done: _release_late(ledger, done))
+        raise
+
+
+def _release_late(ledger: AsyncLedger, done: asyncio.Future[Any]) -> None:
+    if not done.cancelled() and done.exception() is None:
+        _background(ledger.release(done.result()))
+
+
+def _background(work: Awaitable[T]) -> asyncio.Future[T]:
+    """``work`` in a task that is kept alive until it ends; its error, if nobody awaits it, is dropped quietly (a
+    refusal or a release after the call was cancelled is nobody's error)."""
+    task = asyncio.ensure_future(work)
+    _running.add(task)
+    task.add_done_callback(_settled)
+    return task
+
+
+def _settled(task: asyncio.Future[Any]) -> None:
+    _running.discard(task)
+    if not task.cancelled():
+        task.exception()
