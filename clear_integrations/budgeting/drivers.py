@@ -6,8 +6,9 @@ means (a refused reservation: wait or abandon; a failed model call: release). :f
 :class:`~clear_integrations.ledger.Ledger`. :func:`run_async` drives an
 :class:`~clear_integrations.ledger.AsyncLedger` (``AsyncLedger.of(ledger)`` serves a sync ledger from worker
 threads): each ledger step runs to its end even when the call is cancelled (under asyncio, in a task of its own
-behind ``asyncio.shield``: anyio's shield does not stop a native ``Task.cancel()``), and a reservation that lands
-after its call was cancelled is released at once, so a cancelled call never holds tokens until its lease runs out.
+behind ``asyncio.shield``: anyio's shield does not stop a native ``Task.cancel()``), the flow's clean-up (a release)
+is done before the cancellation goes on, and a reservation that lands after its call was cancelled is released, so a
+cancelled call never holds tokens until its lease runs out.
 """
 
 from __future__ import annotations
@@ -161,41 +162,23 @@ async def run_async(
             error = exc
 
 
-_running: set[asyncio.Future[Any]] = set()  # ledger steps left to finish after their call was cancelled
-
-
 async def _finished(ledger: AsyncLedger, op: LedgerOp) -> Any:
-    """``op``'s reply; the step runs to its end even if this await is cancelled (a reservation made after the
-    cancellation is released)."""
+    """``op``'s reply. The step runs to its end even if the call is cancelled meanwhile: the cancellation waits for
+    it (one ledger round trip), and a reservation it made is released before the cancellation goes on."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:  # another event loop (trio): its cancel scopes honour a shield
         with anyio.CancelScope(shield=True):
             return await aperform(ledger, op)
-    task = _background(aperform(ledger, op))
+    task = asyncio.ensure_future(aperform(ledger, op))
     try:
-        return await asyncio.shield(task)
+        return await asyncio.shield(task)  # anyio's shield alone does not stop a native Task.cancel()
     except asyncio.CancelledError:
-        if isinstance(op, Reserve):
-            task.add_done_callback(lambda done: _release_late(ledger, done))
+        with anyio.CancelScope(shield=True):
+            try:
+                reply = await task
+            except Exception:  # a refusal or an outage: nothing was made, nothing to give back
+                reply = None
+            if isinstance(op, Reserve) and reply is not None:
+                await aperform(ledger, Release(reply))
         raise
-
-
-def _release_late(ledger: AsyncLedger, done: asyncio.Future[Any]) -> None:
-    if not done.cancelled() and done.exception() is None:
-        _background(ledger.release(done.result()))
-
-
-def _background(work: Awaitable[T]) -> asyncio.Future[T]:
-    """``work`` in a task that is kept alive until it ends; its error, if nobody awaits it, is dropped quietly (a
-    refusal or a release after the call was cancelled is nobody's error)."""
-    task = asyncio.ensure_future(work)
-    _running.add(task)
-    task.add_done_callback(_settled)
-    return task
-
-
-def _settled(task: asyncio.Future[Any]) -> None:
-    _running.discard(task)
-    if not task.cancelled():
-        task.exception()
