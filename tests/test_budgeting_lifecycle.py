@@ -139,7 +139,8 @@ def test_a_call_is_not_granted_a_few_tokens_that_still_pay_its_whole_prompt(ledg
     assert decision.abandoned and decision.reason == EXHAUSTED and decision.reservation is None
     assert (decision.account, decision.remaining) == ("acme", 200)
     error = decision.error()
-    assert isinstance(error, QueryAbandoned) and (error.account, error.remaining, error.scope) == ("acme", 200, "acme/s1")
+    assert isinstance(error, QueryAbandoned)
+    assert (error.account, error.remaining, error.scope) == ("acme", 200, "acme/s1")
     assert "'acme' has 200 tokens left" in str(error) and "acme/s1" in str(error)
     assert ledger.balance("acme").held == 0
 

@@ -60,11 +60,9 @@ def test_framework_ids_are_made_valid_and_stay_distinct() -> None:
 
 
 def test_named_ids_are_checked_not_rewritten() -> None:
-    with pytest.raises(InvalidAccount, match="clear_scope"):
-        with clear_scope(tenant="not/valid/at/all"):
-            pass
-    with pytest.raises(InvalidAccount, match="clear_scope"):
-        with clear_scope():
-            pass
+    with pytest.raises(InvalidAccount, match="clear_scope"), clear_scope(tenant="not/valid/at/all"):
+        pass
+    with pytest.raises(InvalidAccount, match="clear_scope"), clear_scope():
+        pass
     with pytest.raises(InvalidAccount):
         Payer("acme", "two words").checked()
