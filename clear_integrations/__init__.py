@@ -7,12 +7,13 @@ The core (curves, allocation, pricing, estimators, ledger) imports no framework;
 from ._version import __version__
 from .allocate import Allocation, allocate
 from .baselines import ALLOCATORS, Allocator, greedy_marginal, proportional, uniform
-from .budgeting import AsyncBudgetController, BudgetController, BudgetPolicy, Decision
+from .budgeting import AsyncBudgetController, BudgetController, BudgetPolicy, Decision, Payer, clear_scope
 from .curves.curve import AccuracyCurve, CurveBatch, EmpiricalCurve, isotonic
 from .curves.families import Logistic, ShiftedSurge
 from .curves.fitting import LogisticFit, SurgeFit, fit_logistic, fit_shifted_surge, fit_tau
 from .errors import (
     BudgetExceeded,
+    CalibrationMismatch,
     ClearError,
     ClearWarning,
     InvalidAccount,
@@ -20,13 +21,17 @@ from .errors import (
     InvalidCurve,
     InvalidInput,
     InvalidLedgerURL,
+    InvalidProblem,
     InvalidUsage,
     LedgerError,
     LedgerUnavailable,
+    LocalModelUnavailable,
     NotFitted,
     QueryAbandoned,
     ReservationClosed,
+    ScriptExhausted,
     UnknownReservation,
+    Unsupported,
 )
 from .estimators.base import Estimator, PriorEstimator, load_estimator, save_estimator
 from .estimators.embedding import EmbeddingEstimator
@@ -58,6 +63,7 @@ __all__ = [
     "BudgetController",
     "BudgetExceeded",
     "BudgetPolicy",
+    "CalibrationMismatch",
     "ClearError",
     "ClearWarning",
     "CurveBatch",
@@ -71,28 +77,34 @@ __all__ = [
     "InvalidCurve",
     "InvalidInput",
     "InvalidLedgerURL",
+    "InvalidProblem",
     "InvalidUsage",
     "Ledger",
     "LedgerError",
     "LedgerUnavailable",
+    "LocalModelUnavailable",
     "Logistic",
     "LogisticFit",
     "NotFitted",
+    "Payer",
     "PriceDecision",
     "PriceState",
     "PriorEstimator",
     "QueryAbandoned",
     "Reservation",
     "ReservationClosed",
+    "ScriptExhausted",
     "ShadowPrice",
     "ShiftedSurge",
     "SurgeFit",
     "TextFeatureEstimator",
     "UnknownReservation",
+    "Unsupported",
     "Usage",
     "UsageTotals",
     "__version__",
     "allocate",
+    "clear_scope",
     "fit_logistic",
     "fit_shifted_surge",
     "fit_tau",

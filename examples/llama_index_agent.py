@@ -53,7 +53,7 @@ async def main() -> None:
         scripted_llm(),
         ledger=ledger,
         tenant="acme",
-        policy=BudgetPolicy(max_tokens=40, min_tokens=16, wait=0.0),  # each step capped at 40 tokens
+        policy=BudgetPolicy(max_tokens=40),  # each step capped at 40 tokens
     )
     for tenant in ("acme", "tiny-co"):
         llm.llm.reset()  # restart the fake LLM's tool script for the next run

@@ -38,7 +38,7 @@ def main() -> None:
     ledger = open_ledger("memory://")  # or sqlite:///budgets.db, redis://localhost:6379/0
     ledger.set_budget("acme", Budget(tokens=600, window="1d"))
     model = MeteredMockLLM(response_tokens=lambda messages: sum(len(str(m.content).split()) for m in messages))
-    llm = ClearBudgetLLM(model, ledger=ledger, tenant="acme", policy=BudgetPolicy(max_tokens=120, wait=0.0))
+    llm = ClearBudgetLLM(model, ledger=ledger, tenant="acme", policy=BudgetPolicy(max_tokens=120))
 
     engine = index.as_query_engine(llm=llm, similarity_top_k=2)
     for question in QUESTIONS:

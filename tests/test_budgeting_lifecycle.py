@@ -258,3 +258,62 @@ def test_an_abandoned_call_never_reaches_the_model(ledger: Ledger) -> None:
     outcome = BudgetController(ledger).call(Request("acme", "q", 10), lambda op: pytest.fail("called"))
     assert outcome.decision.abandoned and outcome.outputs == () and outcome.usage == Usage()
     assert ledger.usage("acme").calls == 0
+
+
+def _words(n: int) -> list[str]:
+    return [f"w{i} " for i in range(n)]
+
+
+def _read(chunk: str) -> tuple[str, Usage | None]:
+    return chunk, None
+
+
+def _stream_meter(decision: Any) -> Any:
+    from clear_integrations.budgeting import StreamMeter
+    from clear_integrations.testing import count_words
+
+    return StreamMeter(decision.max_tokens, count_words, exact=True)
+
+
+def test_a_stream_is_cut_at_its_cap_and_charged_what_it_delivered(ledger: Ledger) -> None:
+    from clear_integrations.budgeting.streams import stream
+
+    control = BudgetController(ledger, BudgetPolicy(max_tokens=5))
+    request = Request("acme", "q", 3, estimated=False)
+    pieces = list(
+        stream(control, request, lambda decision: iter(_words(50)), _read, lambda d: "fallback", _stream_meter)
+    )
+    assert pieces == _words(5)  # the model ignored its cap: the sixth word is paid, not delivered
+    assert ledger.usage("acme").completion == 6 and ledger.balance("acme").held == 0
+    early = stream(control, request, lambda decision: iter(_words(50)), _read, lambda d: "fallback", _stream_meter)
+    assert next(early) == "w0 "
+    early.close()  # the consumer stops reading: what it was given is charged
+    assert ledger.usage("acme").completion == 6 + 1 and ledger.balance("acme").held == 0
+
+
+@pytest.mark.anyio
+async def test_an_async_stream_dropped_unclosed_gives_its_hold_back() -> None:
+    import gc
+
+    from clear_integrations.budgeting.streams import astream
+
+    ledger = open_ledger("memory://")
+    ledger.set_budget("acme", Budget(tokens=10_000))
+    control = AsyncBudgetController(ledger, BudgetPolicy(max_tokens=20))
+
+    async def chunks() -> Any:
+        for word in _words(50):
+            yield word
+
+    async def open_stream(decision: Any) -> Any:
+        return chunks()
+
+    reader = astream(control, Request("acme", "q", 3, estimated=False), open_stream, _read, lambda d: "x",
+                     _stream_meter)  # fmt: skip
+    assert await anext(reader) == "w0 "
+    assert ledger.balance("acme").held == 3 + 20
+    del reader  # never closed: asyncio's async-generator finaliser closes it
+    gc.collect()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert ledger.balance("acme").held == 0 and ledger.usage("acme").completion == 1
