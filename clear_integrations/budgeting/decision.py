@@ -121,6 +121,8 @@ def granted(
         reason = "capped by the shadow price"
     elif wanted is not None and cap < wanted:
         reason = "capped to what the budget has left"
+    elif wanted is None and max_tokens is not None:
+        reason = "capped at what it holds: a hard budget, and no cap was asked for"
     else:
         reason = "within budget"
     return Decision(
