@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
@@ -37,7 +38,7 @@ from .ops import (
     WriteState,
 )
 
-__all__ = ["aperform", "current_decision", "perform", "run_async", "run_sync"]
+__all__ = ["aperform", "current_decision", "generating", "perform", "run_async", "run_sync"]
 
 T = TypeVar("T")
 GenerateSync = Callable[[Generate], Generated]
@@ -46,9 +47,19 @@ _generating: ContextVar[Decision | None] = ContextVar("clear_generating", defaul
 
 
 def current_decision() -> Decision | None:
-    """The decision of the model call in progress (set while a driver hands ``Generate`` to the adapter): code
-    that runs inside the provider call (a custom model, a test double, a log) can see what pays for it."""
+    """The decision of the model call in progress (set while a driver hands ``Generate`` to the adapter, and while
+    a stream's provider runs): code inside the provider call (a custom model, a test double, a log) sees what pays."""
     return _generating.get()
+
+
+@contextmanager
+def generating(decision: Decision) -> Iterator[None]:
+    """Run a block as the provider call paid by ``decision`` (:func:`current_decision`)."""
+    token = _generating.set(decision)
+    try:
+        yield
+    finally:
+        _generating.reset(token)
 
 
 def perform(ledger: Ledger, op: LedgerOp) -> Any:
@@ -113,11 +124,8 @@ def run_sync(
         reply, error = None, None
         try:
             if isinstance(op, Generate):
-                token = _generating.set(op.decision)
-                try:
+                with generating(op.decision):
                     reply = generate(op)
-                finally:
-                    _generating.reset(token)
             elif isinstance(op, Sleep):
                 sleep(op.seconds)
             else:
@@ -149,11 +157,8 @@ async def run_async(
         reply, error = None, None
         try:
             if isinstance(op, Generate):
-                token = _generating.set(op.decision)
-                try:
+                with generating(op.decision):
                     reply = await generate(op)
-                finally:
-                    _generating.reset(token)
             elif isinstance(op, Sleep):
                 await sleep(op.seconds)
             else:
@@ -174,11 +179,22 @@ async def _finished(ledger: AsyncLedger, op: LedgerOp) -> Any:
     try:
         return await asyncio.shield(task)  # anyio's shield alone does not stop a native Task.cancel()
     except asyncio.CancelledError:
-        with anyio.CancelScope(shield=True):
-            try:
-                reply = await task
-            except Exception:  # a refusal or an outage: nothing was made, nothing to give back
-                reply = None
-            if isinstance(op, Reserve) and reply is not None:
-                await aperform(ledger, Release(reply))
+        try:
+            reply = await _despite_cancellation(task)
+        except Exception:  # a refusal or an outage: nothing was made, nothing to give back
+            reply = None
+        if isinstance(op, Reserve) and reply is not None:
+            await _despite_cancellation(asyncio.ensure_future(aperform(ledger, Release(reply))))
         raise
+
+
+async def _despite_cancellation(task: asyncio.Future[T]) -> T:
+    """``task``'s result once it has finished, however often the caller is cancelled meanwhile: a call run by
+    ``asyncio.gather`` (LangChain's ``agenerate``) inside a cancelled anyio scope is cancelled again at every turn of
+    the loop, natively, through the gather, which an anyio shield does not stop and which would cancel ``task``."""
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            continue
+    return task.result()

@@ -8,23 +8,36 @@ The adapter gives three translations: ``open(decision)`` starts the model's stre
 - the stream ends, or is cut at its cap: the usage is committed (the provider's, else the text counted);
 - the consumer stops reading (closes the generator, or drops it: asyncio closes an abandoned async generator) or
   the model fails: what was delivered is committed; a stream that delivered nothing is released.
+
+While the provider runs (the stream is opened, a chunk is fetched), the decision is
+:func:`~.drivers.current_decision`, as during a non-stream call.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..ledger import Usage
 from .controller import AsyncBudgetController, BudgetController
 from .decision import Decision
+from .drivers import generating
 from .flows import Request
 from .meter import StreamMeter
 
 __all__ = ["Read", "astream", "stream"]
 
 C = TypeVar("C")
+R = TypeVar("R")
 Read = Callable[[C], tuple[str, Usage | None]]
+_END: Any = object()
+
+
+def _in_call(decision: Decision, step: Callable[..., R], *args: Any) -> R:
+    """``step(*args)`` with ``decision`` as :func:`~.drivers.current_decision`: the provider runs in the stream's
+    opening and in each chunk's fetch, as it runs in a non-stream call's ``Generate``."""
+    with generating(decision):
+        return step(*args)
 
 
 def stream(
@@ -44,8 +57,8 @@ def stream(
     chunks = None
     settled = False
     try:
-        chunks = open_stream(decision)
-        for chunk in chunks:
+        chunks = _in_call(decision, open_stream, decision)
+        while (chunk := _in_call(decision, next, chunks, _END)) is not _END:
             if not counted.admit(*read(chunk)):
                 break  # a token past the cap: stop paying
             yield chunk
@@ -77,8 +90,13 @@ async def astream(
     chunks = None
     settled = False
     try:
-        chunks = await open_stream(decision)
-        async for chunk in chunks:
+        with generating(decision):
+            chunks = await open_stream(decision)
+        while True:
+            with generating(decision):
+                chunk = await anext(chunks, _END)
+            if chunk is _END:
+                break
             if not counted.admit(*read(chunk)):
                 break
             yield chunk

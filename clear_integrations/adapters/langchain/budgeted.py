@@ -67,7 +67,9 @@ def budgeted(
             for ``BudgetPolicy(estimator=...)``.
         on_abandon: what an abandoned call returns: ``"message"`` (a fallback answer whose ``response_metadata``
             holds the decision), ``"raise"`` (:class:`~clear_integrations.errors.QueryAbandoned`), another string
-            (that answer) or a callable from the decision to the answer.
+            (that answer) or a callable from the decision to the answer. A chat model's call that demands a
+            structured answer (``with_structured_output``, a ``response_format``, a ``tool_choice`` forcing a tool
+            call) always raises.
         async_ledger: the same store as an async ledger for the async paths (default: ``ledger`` from worker
             threads); a different store is refused.
         spender: share one spender (controllers, payer, abandonment) between several models.
@@ -81,11 +83,11 @@ def budgeted(
         on_abandon=options.get("on_abandon", "message"),
         async_ledger=options.get("async_ledger"),
     )
-    keys = {"tenant_key": options.get("tenant_key"), "session_key": options.get("session_key", "thread_id")}
+    tenant_key, session_key = options.get("tenant_key"), options.get("session_key", "thread_id")
     if isinstance(model, BaseChatModel):
-        return BudgetedChatModel.wrap(model, spender, **keys)
+        return BudgetedChatModel.wrap(model, spender, tenant_key=tenant_key, session_key=session_key)
     if isinstance(model, BaseLLM):
-        return BudgetedLLM.wrap(model, spender, **keys)
+        return BudgetedLLM.wrap(model, spender, tenant_key=tenant_key, session_key=session_key)
     if isinstance(model, Embeddings):
         return BudgetedEmbeddings.wrap(model, spender)
     raise Unsupported("model", type(model).__name__, "must be a BaseChatModel, a BaseLLM or Embeddings")

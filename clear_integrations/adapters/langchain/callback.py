@@ -16,7 +16,7 @@ metadata.
 
 * **start**: reserve (``reserve_up_to``: a nearly spent budget grants what it has left) the prompt, counted
   offline with bound tool schemas, plus the cap (``ls_max_tokens``, a ``max_tokens``-like invocation parameter,
-  else ``reserve_tokens``). With nothing left, ``raise_on_exhausted=True`` raises
+  else ``reserve_tokens``). When what is left cannot even pay for the prompt, ``raise_on_exhausted=True`` raises
   :class:`~clear_integrations.errors.QueryAbandoned` (naming the account and what it has left) before the provider
   is called (``raise_error`` is then set, so it propagates on sync and async paths); runs of the same model call
   started before it get no end event and are released here. Otherwise the run goes on unreserved.
@@ -254,7 +254,10 @@ class ClearCallbackHandler(BaseCallbackHandler):
         if self.warn_uncapped:
             self._warn((serialized or {}).get("name") or model or "a model")
         try:
-            reservation: Reservation | None = self.ledger.reserve_up_to(scope, prompt + cap, lease=self.lease)
+            least = prompt + 1 if self.raise_on_exhausted else 1  # a refused call must not start over the budget
+            reservation: Reservation | None = self.ledger.reserve_up_to(
+                scope, prompt + cap, minimum=least, lease=self.lease
+            )
         except BudgetExceeded as refused:
             if self.raise_on_exhausted:
                 self._abandon_batch(params)

@@ -12,8 +12,10 @@ the cap in its provider's own field, commit the usage the provider reported, con
 while the price says it pays); this module only translates: messages to a prompt, results to usage, a cap to a
 field. The decision is in each answer's ``response_metadata`` (``clear_*`` keys, and ``clear_usage``: what was
 charged). An abandoned call never reaches the wrapped model: it answers with a fallback ``AIMessage`` (no tool
-calls, so an agent loop ends) or raises :class:`~clear_integrations.errors.QueryAbandoned`; structured output always
-raises (a fallback text is not the schema asked for).
+calls, so an agent loop ends) or raises :class:`~clear_integrations.errors.QueryAbandoned`. A call that demands a
+structured answer (``with_structured_output``, a ``response_format``, a ``tool_choice`` that forces a tool call, as
+``create_agent`` with a ``response_format`` does) always raises, also when its answer was cut at its cap with no
+tool call: a fallback text, ``None`` or a parsing error is not the schema asked for.
 """
 
 from __future__ import annotations
@@ -34,24 +36,20 @@ from pydantic import PrivateAttr
 from ...budgeting import Decision, Generate, Generated, Outcome, Request, Spender, StreamMeter
 from ...budgeting.continuation import CONTINUE, joined_text
 from ...budgeting.streams import astream, stream
-from ...ledger import Usage
-from ...tokens import count_tokens
+from ...errors import QueryAbandoned
+from ...ledger import Balance, Usage
+from ...ledger.accounts import parse_scope
 from .caps import capped, split_cap
-from .proxy import BUDGETED_TAG, Proxy
+from .chunks import Reader, as_chunk, atagged, charged, chunks_of, finish_reason, tagged, usage_metadata
+from .proxy import BUDGETED_TAG, Proxy, Wiring
 from .runnables import replace_runnable
 from .usage import (
-    PromptCounter,
     generation_text,
     model_name,
-    model_tokenizer,
-    prompt_counter,
-    usage_of_mapping,
     usage_of_result,
 )
 
 __all__ = ["BudgetedChatModel"]
-
-_CUT = ("length", "max_tokens", "MAX_TOKENS")
 
 
 @cache
@@ -67,54 +65,37 @@ class _Call:
     rest: dict[str, Any]
     request: Request
     tools: Any = field(default=None, repr=False)
+    strict: bool = False  # an abandoned or cut answer raises: the caller demands a tool call or a format
 
 
-def _finish(message: BaseMessage) -> str | None:
-    metadata = message.response_metadata
-    reason = metadata.get("finish_reason") or metadata.get("stop_reason") or metadata.get("done_reason")
-    return "length" if reason in _CUT else reason
-
-
-def _usage_metadata(usage: Usage) -> dict[str, Any]:
-    found: dict[str, Any] = {
-        "input_tokens": usage.prompt,
-        "output_tokens": usage.completion,
-        "total_tokens": usage.total,
-    }
-    if usage.reasoning:
-        found["output_token_details"] = {"reasoning": usage.reasoning}
-    return found
-
-
-def _charged(decision: Decision, usage: Usage) -> dict[str, Any]:
-    return {
-        **decision.metadata(),
-        "clear_usage": {
-            "prompt": usage.prompt,
-            "completion": usage.completion,
-            "reasoning": usage.reasoning,
-            "estimated": usage.estimated,
-        },
-    }
+def _forced(kwargs: Mapping[str, Any]) -> bool:
+    """The call demands a structured answer: a ``response_format``, or a ``tool_choice`` that forces a tool call
+    (``with_structured_output``, ``create_agent``'s ``response_format``): a fallback text cannot be that answer."""
+    if kwargs.get("response_format") is not None:
+        return True
+    choice = kwargs.get("tool_choice")
+    if isinstance(choice, Mapping):
+        choice = choice.get("type")
+    return choice is True or (isinstance(choice, str) and choice not in ("auto", "none"))
 
 
 class BudgetedChatModel(Proxy, BaseChatModel):
     """A chat model that budgets every call of ``model`` on a ledger (see the module docstring).
 
-    Build one with :func:`~clear_integrations.adapters.langchain.budgeted`. ``strict`` makes an abandoned call raise
-    (structured output uses a strict copy); ``tenant_key`` names a config value that is the tenant (e.g.
-    ``"user_id"``), ``session_key`` one that is the session (default ``"thread_id"``).
+    Build one with :func:`~clear_integrations.adapters.langchain.budgeted`. ``strict``: whether an abandoned call
+    raises :class:`~clear_integrations.errors.QueryAbandoned` (and so does an answer cut at its cap with no tool
+    call) instead of answering with ``on_abandon``'s fallback; ``None`` (the default) raises for calls that demand a
+    structured answer (a ``response_format``, or a ``tool_choice`` forcing a tool call), ``with_structured_output``
+    uses a strict copy. ``tenant_key`` names a config value that is the tenant (e.g. ``"user_id"``),
+    ``session_key`` one that is the session (default ``"thread_id"``).
     """
 
     model: BaseChatModel
-    strict: bool = False
+    strict: bool | None = None
     tenant_key: str | None = None
     session_key: str | None = "thread_id"
 
-    _spender: Spender = PrivateAttr()
-    _count: PromptCounter = PrivateAttr()
-    _completion: Callable[[str], int] = PrivateAttr()
-    _exact: bool = PrivateAttr(default=False)
+    _state: Wiring = PrivateAttr()
 
     @classmethod
     def wrap(
@@ -124,6 +105,7 @@ class BudgetedChatModel(Proxy, BaseChatModel):
         *,
         tenant_key: str | None = None,
         session_key: str | None = "thread_id",
+        strict: bool | None = None,
     ) -> BudgetedChatModel:
         """``model`` budgeted by ``spender`` (a model already budgeted is returned as it is)."""
         if isinstance(model, BudgetedChatModel):
@@ -140,12 +122,9 @@ class BudgetedChatModel(Proxy, BaseChatModel):
             output_version=model.output_version,
             tenant_key=tenant_key,
             session_key=session_key,
+            strict=strict,
         )
-        proxy._spender = spender
-        proxy._count = prompt_counter(model)
-        own, name = model_tokenizer(model), model_name(model)
-        proxy._completion = lambda text: count_tokens(text, model=name, tokenizer=own).tokens
-        proxy._exact = own is not None or not count_tokens("", model=name).estimated
+        proxy._state = Wiring.of(model, spender)
         return proxy
 
     # -- what LangChain asks of a chat model -------------------------------------------------------------------------
@@ -179,12 +158,13 @@ class BudgetedChatModel(Proxy, BaseChatModel):
     ) -> _Call:
         requested, ceiling, rest = split_cap(self.model, kwargs)
         tools = rest.get("tools") or rest.get("functions")
-        tokens, exact = self._count(messages, tools)
-        text = get_buffer_string(messages) if self._spender.policy.estimator is not None else ""
+        tokens, exact = self._wired.prompt(messages, tools)
+        text = get_buffer_string(messages) if self._wired.spender.policy.estimator is not None else ""
         request = Request(
             self._payer(metadata).scope, text, tokens, not exact, requested, ceiling, extendable=not tools
         )
-        return _Call(messages, rest, request, tools)
+        strict = self.strict if self.strict is not None else _forced(rest)
+        return _Call(messages, rest, request, tools, strict)
 
     def _target(self, call: _Call, op: Generate) -> tuple[BaseChatModel, list[BaseMessage], dict[str, Any]]:
         target, extra = capped(self.model, op.decision.max_tokens)
@@ -197,18 +177,23 @@ class BudgetedChatModel(Proxy, BaseChatModel):
     def _generated(self, call: _Call, op: Generate, result: ChatResult) -> Generated:
         decision = op.decision
         usage = usage_of_result(result)
+        message = result.generations[0].message if result.generations else None
         if usage is None:
             text = "".join(generation_text(g) for g in result.generations)
             usage = Usage(
                 decision.prompt_tokens,
-                self._completion(text) if text else 0,
-                estimated=decision.prompt_estimated or not self._exact,
+                self._wired.completion(text) if text else 0,
+                estimated=decision.prompt_estimated or not self._wired.exact,
             )
-        message = result.generations[0].message if result.generations else None
-        cut = message is not None and _finish(message) == "length" and not getattr(message, "tool_calls", None)
+            if isinstance(message, AIMessage):  # the provider said nothing: what is charged, for usage callbacks
+                message.usage_metadata = usage_metadata(usage)  # type: ignore[assignment]
+                name = model_name(self.model)
+                if name and "model_name" not in message.response_metadata:
+                    message.response_metadata["model_name"] = name
+        cut = message is not None and finish_reason(message) == "length" and not getattr(message, "tool_calls", None)
         again = 0
         if cut and call.request.extendable:
-            again = self._count(self._target(call, Generate(decision, (*op.outputs, result)))[1], None)[0]
+            again = self._wired.prompt(self._target(call, Generate(decision, (*op.outputs, result)))[1], None)[0]
         return Generated(result, usage, cut, again)
 
     def _send(self, call: _Call, op: Generate, stop: list[str] | None, run_manager: Any) -> Generated:
@@ -223,12 +208,12 @@ class BudgetedChatModel(Proxy, BaseChatModel):
             kwargs["run_manager"] = run_manager
         return self._generated(call, op, await target._agenerate(messages, stop=stop, **kwargs))
 
-    def _result(self, outcome: Outcome) -> ChatResult:
+    def _result(self, outcome: Outcome, strict: bool) -> ChatResult:
         decision = outcome.decision
         if decision.abandoned:
-            answer = self._abandoned(decision)
+            answer = self._abandoned(decision, strict)
             message = answer if isinstance(answer, AIMessage) else AIMessage(content=str(answer))
-            message.response_metadata = {**message.response_metadata, **_charged(decision, Usage())}
+            message.response_metadata = {**message.response_metadata, **charged(decision, Usage())}
             return ChatResult(generations=[ChatGeneration(message=message)])
         results: list[ChatResult] = list(outcome.outputs)
         if len(results) == 1:
@@ -236,7 +221,7 @@ class BudgetedChatModel(Proxy, BaseChatModel):
             for generation in result.generations:
                 generation.message.response_metadata = {
                     **generation.message.response_metadata,
-                    **_charged(decision, outcome.usage),
+                    **charged(decision, outcome.usage),
                 }
             return result
         parts = [result.generations[0].message for result in results]
@@ -248,10 +233,40 @@ class BudgetedChatModel(Proxy, BaseChatModel):
         joined = AIMessage(
             content=text,
             id=parts[0].id,
-            usage_metadata=_usage_metadata(outcome.usage),
-            response_metadata={**metadata, **_charged(decision, outcome.usage)},
+            usage_metadata=usage_metadata(outcome.usage),
+            response_metadata={**metadata, **charged(decision, outcome.usage)},
         )
         return ChatResult(generations=[ChatGeneration(message=joined)])
+
+    @staticmethod
+    def _cut_short(outcome: Outcome, strict: bool) -> bool:
+        """A strict call (structured output) whose answer stopped at its cap with no usable tool call: a parser
+        would make ``None`` or a parsing error of it."""
+        if not strict or outcome.decision.abandoned or not outcome.outputs:
+            return False
+        generations = outcome.outputs[-1].generations
+        message = generations[0].message if generations else None
+        return message is not None and finish_reason(message) == "length" and not getattr(message, "tool_calls", None)
+
+    @staticmethod
+    def _too_short(decision: Decision, balances: list[Balance]) -> QueryAbandoned:
+        """The error of a strict call cut at its cap (its tokens are committed): the account with the least left."""
+        limited = [b for b in balances if b.limit is not None and b.mode != "soft"]
+        tightest = min(limited, key=lambda b: b.remaining or 0, default=None)
+        return QueryAbandoned(
+            f"the answer was cut at its cap of {decision.max_tokens} tokens, too few for a structured answer",
+            scope=decision.scope,
+            account=None if tightest is None else tightest.account,
+            remaining=None if tightest is None else tightest.remaining,
+        )
+
+    def _short(self, decision: Decision) -> QueryAbandoned:
+        ledger = self._wired.spender.ledger
+        return self._too_short(decision, [ledger.balance(a) for a in parse_scope(decision.scope).path])
+
+    async def _ashort(self, decision: Decision) -> QueryAbandoned:
+        ledger = self._wired.spender.asynchronous.ledger
+        return self._too_short(decision, [await ledger.balance(a) for a in parse_scope(decision.scope).path])
 
     def _generate(
         self,
@@ -261,8 +276,10 @@ class BudgetedChatModel(Proxy, BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         call = self._prepare(messages, kwargs, None if run_manager is None else run_manager.metadata)
-        outcome = self._spender.sync.call(call.request, lambda op: self._send(call, op, stop, run_manager))
-        return self._result(outcome)
+        outcome = self._wired.spender.sync.call(call.request, lambda op: self._send(call, op, stop, run_manager))
+        if self._cut_short(outcome, call.strict):
+            raise self._short(outcome.decision)
+        return self._result(outcome, call.strict)
 
     async def _agenerate(
         self,
@@ -276,17 +293,20 @@ class BudgetedChatModel(Proxy, BaseChatModel):
         async def send(op: Generate) -> Generated:
             return await self._asend(call, op, stop, run_manager)
 
-        return self._result(await self._spender.asynchronous.call(call.request, send))
+        outcome = await self._wired.spender.asynchronous.call(call.request, send)
+        if self._cut_short(outcome, call.strict):
+            raise await self._ashort(outcome.decision)
+        return self._result(outcome, call.strict)
 
     # -- streams ------------------------------------------------------------------------------------------------------
 
     def _meter(self, decision: Decision) -> StreamMeter:
-        return StreamMeter(decision.max_tokens, self._completion, exact=self._exact)
+        return StreamMeter(decision.max_tokens, self._wired.completion, exact=self._wired.exact)
 
-    def _chunk(self, decision: Decision) -> ChatGenerationChunk:
-        answer = self._abandoned(decision)
+    def _chunk(self, decision: Decision, strict: bool) -> ChatGenerationChunk:
+        answer = self._abandoned(decision, strict)
         content = answer.content if isinstance(answer, AIMessage) else str(answer)
-        message = AIMessageChunk(content=content, response_metadata=_charged(decision, Usage()))
+        message = AIMessageChunk(content=content, response_metadata=charged(decision, Usage()))
         return ChatGenerationChunk(message=message)
 
     def _streaming(self) -> bool:
@@ -298,15 +318,15 @@ class BudgetedChatModel(Proxy, BaseChatModel):
             chunks = target._stream(messages, stop=stop, **kwargs)
         else:
             result = target._generate(messages, stop=stop, **kwargs)
-            chunks = iter([_as_chunk(g) for g in result.generations])
-        return _tagged(chunks, decision)
+            chunks = iter([as_chunk(g) for g in result.generations])
+        return tagged(chunks, decision)
 
     async def _aopen(self, call: _Call, decision: Decision, stop: list[str] | None) -> AsyncIterator[Any]:
         target, messages, kwargs = self._target(call, Generate(decision))
         if type(self.model)._astream is not BaseChatModel._astream or self._streaming():
-            return _atagged(target._astream(messages, stop=stop, **kwargs), decision)
+            return atagged(target._astream(messages, stop=stop, **kwargs), decision)
         result = await target._agenerate(messages, stop=stop, **kwargs)
-        return _atagged(_aiter([_as_chunk(g) for g in result.generations]), decision)
+        return atagged(chunks_of([as_chunk(g) for g in result.generations]), decision)
 
     def _stream(
         self,
@@ -316,14 +336,21 @@ class BudgetedChatModel(Proxy, BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         call = self._prepare(messages, kwargs, None if run_manager is None else run_manager.metadata)
+        reader = Reader(self._meter, model_name(self.model))
         yield from stream(
-            self._spender.sync,
+            self._wired.spender.sync,
             call.request,
             lambda decision: self._open(call, decision, stop),
-            _Reader(),
-            self._chunk,
-            self._meter,
+            reader,
+            lambda decision: self._chunk(decision, call.strict),
+            reader.meter,
         )
+        decision = reader.decision
+        if call.strict and decision is not None and reader.cut_short():  # structured output: no parser can use it
+            raise self._short(decision)
+        closing = reader.closing()
+        if closing is not None:
+            yield closing
 
     async def _astream(
         self,
@@ -337,75 +364,19 @@ class BudgetedChatModel(Proxy, BaseChatModel):
         async def open_stream(decision: Decision) -> AsyncIterator[Any]:
             return await self._aopen(call, decision, stop)
 
+        reader = Reader(self._meter, model_name(self.model))
         async for chunk in astream(
-            self._spender.asynchronous, call.request, open_stream, _Reader(), self._chunk, self._meter
+            self._wired.spender.asynchronous,
+            call.request,
+            open_stream,
+            reader,
+            lambda decision: self._chunk(decision, call.strict),
+            reader.meter,
         ):
             yield chunk
-
-
-class _Reader:
-    """Reads a stream's chunks: the new text (tool-call arguments included) and the usage reported so far (chunks
-    carry parts of it that add up)."""
-
-    def __init__(self) -> None:
-        self.usage: Usage | None = None
-
-    def __call__(self, chunk: ChatGenerationChunk) -> tuple[str, Usage | None]:
-        message = chunk.message
-        part = usage_of_mapping(getattr(message, "usage_metadata", None))
-        if part is not None:
-            self.usage = part if self.usage is None else self.usage + part
-        calls = getattr(message, "tool_call_chunks", None) or []
-        text = message.text + "".join(str(c.get("name") or "") + str(c.get("args") or "") for c in calls)
-        return text, self.usage
-
-
-def _as_chunk(generation: ChatGeneration) -> ChatGenerationChunk:
-    message = generation.message
-    chunk = AIMessageChunk(
-        content=message.content,
-        additional_kwargs=message.additional_kwargs,
-        response_metadata=message.response_metadata,
-        id=message.id,
-        usage_metadata=getattr(message, "usage_metadata", None),
-        tool_call_chunks=[
-            {"name": c["name"], "args": str(c["args"]), "id": c.get("id"), "index": i}
-            for i, c in enumerate(getattr(message, "tool_calls", []))
-        ],
-    )
-    return ChatGenerationChunk(message=chunk, generation_info=generation.generation_info)
-
-
-def _tag(chunk: ChatGenerationChunk, decision: Decision) -> ChatGenerationChunk:
-    chunk.message.response_metadata = {**chunk.message.response_metadata, **decision.metadata()}
-    return chunk
-
-
-def _tagged(chunks: Iterator[ChatGenerationChunk], decision: Decision) -> Iterator[ChatGenerationChunk]:
-    """The chunks, the first one carrying the decision (chunks merge their metadata, so it appears once)."""
-    first = True
-    try:
-        for chunk in chunks:
-            yield _tag(chunk, decision) if first else chunk
-            first = False
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
-
-
-async def _atagged(chunks: AsyncIterator[ChatGenerationChunk], decision: Decision) -> AsyncIterator[Any]:
-    first = True
-    try:
-        async for chunk in chunks:
-            yield _tag(chunk, decision) if first else chunk
-            first = False
-    finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
-async def _aiter(items: list[ChatGenerationChunk]) -> AsyncIterator[ChatGenerationChunk]:
-    for item in items:
-        yield item
+        decision = reader.decision
+        if call.strict and decision is not None and reader.cut_short():
+            raise await self._ashort(decision)
+        closing = reader.closing()
+        if closing is not None:
+            yield closing

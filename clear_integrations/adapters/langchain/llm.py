@@ -23,10 +23,9 @@ from ...budgeting import Decision, Generate, Generated, Outcome, Request, Spende
 from ...budgeting.continuation import joined_text
 from ...budgeting.streams import astream, stream
 from ...ledger import Usage
-from ...tokens import count_tokens
 from .caps import capped, split_cap
-from .proxy import BUDGETED_TAG, Proxy
-from .usage import model_name, model_tokenizer, usage_of_result
+from .proxy import BUDGETED_TAG, Proxy, Wiring
+from .usage import usage_of_result
 
 __all__ = ["BudgetedLLM"]
 
@@ -45,9 +44,7 @@ class BudgetedLLM(Proxy, BaseLLM):
     tenant_key: str | None = None
     session_key: str | None = "thread_id"
 
-    _spender: Spender = PrivateAttr()
-    _tokens: Callable[[str], int] = PrivateAttr()
-    _exact: bool = PrivateAttr(default=False)
+    _state: Wiring = PrivateAttr()
 
     @classmethod
     def wrap(
@@ -66,17 +63,14 @@ class BudgetedLLM(Proxy, BaseLLM):
             tenant_key=tenant_key,
             session_key=session_key,
         )
-        proxy._spender = spender
-        own, name = model_tokenizer(model), model_name(model)
-        proxy._tokens = lambda text: count_tokens(text, model=name, tokenizer=own).tokens
-        proxy._exact = own is not None or not count_tokens("", model=name).estimated
+        proxy._state = Wiring.of(model, spender)
         return proxy
 
     def _request(self, prompt: str, kwargs: dict[str, Any], metadata: Any) -> tuple[Request, dict[str, Any]]:
         requested, ceiling, rest = split_cap(self.model, kwargs)
-        text = prompt if self._spender.policy.estimator is not None else ""
-        tokens = self._tokens(prompt)
-        return Request(self._payer(metadata).scope, text, tokens, not self._exact, requested, ceiling), rest
+        text = prompt if self._wired.spender.policy.estimator is not None else ""
+        tokens, exact = self._wired.prompt(prompt, None)
+        return Request(self._payer(metadata).scope, text, tokens, not exact, requested, ceiling), rest
 
     def _target(self, prompt: str, op: Generate, rest: dict[str, Any]) -> tuple[BaseLLM, str, dict[str, Any]]:
         target, extra = capped(self.model, op.decision.max_tokens)
@@ -90,14 +84,18 @@ class BudgetedLLM(Proxy, BaseLLM):
         if usage is None:
             usage = Usage(
                 decision.prompt_tokens,
-                self._tokens(text) if text else 0,
-                estimated=decision.prompt_estimated or not self._exact,
+                self._wired.completion(text) if text else 0,
+                estimated=decision.prompt_estimated or not self._wired.exact,
             )
         info = (result.generations[0][0].generation_info or {}) if text else {}
         cut = info.get("finish_reason") == "length" or (
             decision.max_tokens is not None and usage.completion >= decision.max_tokens
         )
-        again = self._tokens(prompt + "".join(r.generations[0][0].text for r in op.outputs) + text) if cut else 0
+        again = (
+            self._wired.prompt(prompt + "".join(r.generations[0][0].text for r in op.outputs) + text, None)[0]
+            if cut
+            else 0
+        )
         return Generated(result, usage, cut, again)
 
     def _result(self, outcome: Outcome) -> list[Generation]:
@@ -132,7 +130,7 @@ class BudgetedLLM(Proxy, BaseLLM):
                     kw["run_manager"] = run_manager
                 return self._generated(prompt, op, target._generate([text], stop=stop, **kw))
 
-            rows.append(self._result(self._spender.sync.call(request, send)))
+            rows.append(self._result(self._wired.spender.sync.call(request, send)))
         return LLMResult(generations=rows)
 
     async def _agenerate(
@@ -152,11 +150,11 @@ class BudgetedLLM(Proxy, BaseLLM):
                     kw["run_manager"] = run_manager
                 return self._generated(prompt, op, await target._agenerate([text], stop=stop, **kw))
 
-            rows.append(self._result(await self._spender.asynchronous.call(request, send)))
+            rows.append(self._result(await self._wired.spender.asynchronous.call(request, send)))
         return LLMResult(generations=rows)
 
     def _meter(self, decision: Decision) -> StreamMeter:
-        return StreamMeter(decision.max_tokens, self._tokens, exact=self._exact)
+        return StreamMeter(decision.max_tokens, self._wired.completion, exact=self._wired.exact)
 
     def _chunk(self, decision: Decision) -> GenerationChunk:
         return GenerationChunk(text=str(self._abandoned(decision)), generation_info=decision.metadata())
@@ -176,7 +174,7 @@ class BudgetedLLM(Proxy, BaseLLM):
                 return iter(_chunks(target._generate([text], stop=stop, run_manager=run_manager, **kw)))
             return target._stream(text, stop=stop, run_manager=run_manager, **kw)
 
-        yield from stream(self._spender.sync, request, open_stream, _read, self._chunk, self._meter)
+        yield from stream(self._wired.spender.sync, request, open_stream, _read, self._chunk, self._meter)
 
     async def _astream(
         self,
@@ -194,7 +192,9 @@ class BudgetedLLM(Proxy, BaseLLM):
                 return _aiter(_chunks(await target._agenerate([text], stop=stop, run_manager=run_manager, **kw)))
             return target._astream(text, stop=stop, run_manager=run_manager, **kw)
 
-        async for chunk in astream(self._spender.asynchronous, request, open_stream, _read, self._chunk, self._meter):
+        async for chunk in astream(
+            self._wired.spender.asynchronous, request, open_stream, _read, self._chunk, self._meter
+        ):
             yield chunk
 
 

@@ -23,8 +23,13 @@ How it works, per step:
   calls, so the loop ends gracefully. A cap the step already asks for (the model's field, a cap in
   ``model_settings``) is a request: the step never gets more. Errors and cancellations give the reservation back.
 - The decision (``clear_*`` keys) is in each answer's ``response_metadata``; ``clear_run_tokens`` (state) sums what
-  the run charged. The budgeted model's runs are tagged, so a ``ClearCallbackHandler`` beside this middleware does
-  not charge them again.
+  the run's model steps charged (a model a tool calls is on the ledger, budgeted on its own, but not in this sum).
+  The budgeted model's runs are tagged, so a ``ClearCallbackHandler`` beside this middleware does not charge them
+  again.
+- An agent with a ``response_format`` ends the same way: its last message is ``final_message`` (``clear_action``
+  ``"abandon"``) and it has no ``structured_response``. A model given to ``create_agent`` through
+  ``budgeted()`` raises :class:`~clear_integrations.errors.QueryAbandoned` there instead: a call that must answer
+  with a tool call or a format is never answered with a fallback text.
 
 Who pays: ``tenant``, and ``session`` when given; with no ``session``, the run's ``thread_id`` is the session
 (``session_from_thread=False`` turns that off), so per-thread budgets (``ledger.set_budget("acme/<thread_id>",
@@ -69,7 +74,8 @@ Result = ModelResponse[Any] | AIMessage | ExtendedModelResponse[Any]
 
 
 class ClearBudgetState(AgentState[Any]):
-    """Agent state with ``clear_run_tokens``: the tokens this run charged (reset each run, in the output)."""
+    """Agent state with ``clear_run_tokens``: the tokens this run's model steps charged (reset each run, in the
+    output)."""
 
     clear_run_tokens: NotRequired[Annotated[int, UntrackedValue, OmitFromInput]]
 
@@ -137,8 +143,8 @@ class ClearBudgetMiddleware(AgentMiddleware[ClearBudgetState, Any, Any]):
             return request
         known = self._proxies.get(id(model))
         if known is None or known[0] is not model:
-            proxy = BudgetedChatModel.wrap(
-                model, self.spender, tenant_key=self.tenant_key, session_key=self.session_key
+            proxy = BudgetedChatModel.wrap(  # never strict: a step the budget refuses ends the loop gracefully
+                model, self.spender, tenant_key=self.tenant_key, session_key=self.session_key, strict=False
             )
             known = self._proxies[id(model)] = (model, proxy)
         return request.override(model=known[1])

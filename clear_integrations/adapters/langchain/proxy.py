@@ -13,15 +13,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from langchain_core.language_models import BaseLanguageModel
 from langchain_core.runnables import RunnableConfig
 
 from ...budgeting import Decision, Payer, Spender, abandon_answer
+from ...tokens import count_tokens
 from .payer import payer_of, pinned, resolve
+from .usage import PromptCounter, model_name, model_tokenizer, prompt_counter
 
-__all__ = ["BUDGETED_TAG", "Proxy"]
+__all__ = ["BUDGETED_TAG", "Proxy", "Wiring"]
 
 #: Runs of budgeted models carry this tag; ``ClearCallbackHandler`` skips them (they are on the ledger already).
 BUDGETED_TAG = "clear:budgeted"
@@ -70,23 +74,52 @@ async def _apinned(payer: Payer, chunks: AsyncIterator[T]) -> AsyncIterator[T]:
                 pinned.reset(token)
 
 
+@dataclass(frozen=True, slots=True)
+class Wiring:
+    """What a budgeted model works with, fixed when it is built: the spender (controllers, payer, abandonment), how
+    it counts prompts (``prompt``: ``(messages or text, tools) -> (tokens, exact)``) and completions, and whether the
+    completion count is exact (the model's own tokenizer)."""
+
+    spender: Spender
+    prompt: PromptCounter
+    completion: Callable[[str], int]
+    exact: bool
+
+    @classmethod
+    def of(cls, model: BaseLanguageModel[Any], spender: Spender) -> Wiring:
+        own, name = model_tokenizer(model), model_name(model)
+        exact = own is not None or not count_tokens("", model=name).estimated
+        return cls(spender, prompt_counter(model), lambda text: count_tokens(text, model=name, tokenizer=own).tokens,
+                   exact)  # fmt: skip
+
+
 class Proxy:
     """The shared part of budgeted LangChain models (see the module docstring). The classes using it declare the
-    pydantic fields ``model``, ``strict``, ``tenant_key``, ``session_key`` and the private ``_spender``."""
+    pydantic fields ``model``, ``strict``, ``tenant_key``, ``session_key`` and the private ``_state``
+    (a :class:`Wiring`)."""
 
     model: Any
-    strict: bool
+    strict: bool | None
     tenant_key: str | None
     session_key: str | None
-    _spender: Spender
+
+    @property
+    def _wired(self) -> Wiring:
+        """The model's :class:`Wiring` (read from pydantic's private storage directly: a hot path)."""
+        return self.__pydantic_private__["_state"]  # type: ignore[no-any-return]
+
+    @property
+    def spender(self) -> Spender:
+        """The spender: the controllers, the default payer and what an abandoned call gives back."""
+        return self._wired.spender
 
     # -- who pays ---------------------------------------------------------------------------------------------------
 
     def _resolve(self, config: RunnableConfig | None) -> Payer:
-        return resolve(self._spender.payer, config, self.tenant_key, self.session_key)
+        return resolve(self._wired.spender.payer, config, self.tenant_key, self.session_key)
 
     def _payer(self, metadata: Mapping[str, Any] | None) -> Payer:
-        return payer_of(self._spender.payer, metadata, self.tenant_key, self.session_key)
+        return payer_of(self._wired.spender.payer, metadata, self.tenant_key, self.session_key)
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         token = pinned.set(self._resolve(config))
@@ -139,7 +172,8 @@ class Proxy:
 
     # -- an abandoned call -----------------------------------------------------------------------------------------
 
-    def _abandoned(self, decision: Decision) -> Any:
-        """The fallback answer, or :class:`~clear_integrations.errors.QueryAbandoned` (strict proxies, and
-        ``on_abandon="raise"``)."""
-        return abandon_answer("raise" if self.strict else self._spender.on_abandon, decision)
+    def _abandoned(self, decision: Decision, strict: bool | None = None) -> Any:
+        """The fallback answer, or :class:`~clear_integrations.errors.QueryAbandoned` (a ``strict`` call: by default
+        the proxy's ``strict``; and ``on_abandon="raise"``)."""
+        strict = self.strict if strict is None else strict
+        return abandon_answer("raise" if strict else self._wired.spender.on_abandon, decision)

@@ -10,8 +10,8 @@ ledger.usage("globex")                                 # prompt, completion, rea
 Or ``handler = ClearEventHandler(ledger, tenant="acme").attach()`` and ``handler.detach()``: ``attach`` adds this event
 handler and its span handler (which tracks the span tree) to the dispatcher, ``detach`` removes both by identity.
 
-* **Payer** (at the call's start, as ``ClearBudgetLLM`` resolves it: :func:`.scope.current_payer`): ``clear_scope``,
-  else the tags ``clear_tenant`` / ``clear_session`` (ContextVars: they follow tasks and workflow steps), else
+* **Payer** (at the call's start, as ``ClearBudgetLLM`` resolves it: :func:`.scope.current_payer`): the tags
+  ``clear_tenant`` / ``clear_session``, else ``clear_scope`` (ContextVars: they follow tasks and workflow steps), else
   ``tenant`` / ``session``.
 * **One user call, one commit.** LlamaIndex nests LLM events within one call (``CustomLLM.chat`` -> ``complete``,
   ``achat`` -> ``chat`` -> ``complete``, ``astream_chat``'s generator -> ``stream_chat``, wrapper LLMs -> their inner

@@ -9,7 +9,8 @@ Each call (chat, completion, stream, sync or async) runs the lifecycle of :mod:`
    fallback ``ChatResponse`` / ``CompletionResponse`` (the decision's ``clear_*`` keys in ``additional_kwargs`` and
    ``raw``, and in a query engine's ``Response.metadata["clear_abandoned"]``), or raises
    :class:`~clear_integrations.errors.QueryAbandoned` with ``on_abandon="raise"``. In an agent the fallback is a
-   final answer without tool calls, so the agent ends gracefully;
+   final answer without tool calls, so the agent ends gracefully. Structured prediction (``structured_predict`` and
+   its async and streaming twins, ``as_structured_llm``) always raises ``QueryAbandoned`` (:mod:`.structured`);
 3. **capped**: otherwise the call goes to a copy of the wrapped LLM with the cap in its provider's own parameter
    (:func:`~.caps.cap_llm`), because many LlamaIndex LLMs ignore a per-call ``max_tokens``;
 4. **committed**: the usage the provider reported (:mod:`.usage`), or the answer counted and marked estimated; an
@@ -64,21 +65,15 @@ from ...budgeting import (
 from ...budgeting.streams import astream, stream
 from ...errors import Unsupported
 from ...estimators.base import Estimator
-from ...ledger import AsyncLedger, Ledger, Usage
+from ...ledger import AsyncLedger, Ledger
 from ...tokens import count_tokens
 from .calls import Call, continuation, fallback, joined
 from .caps import CAP_KWARGS, cap_kwargs, cap_llm, current_cap, user_set_cap
-from .responses import install_response_handler, record_abandoned
+from .chunks import Reader, atagged, tagged
+from .responses import install_response_handler, record_abandoned, record_stream
 from .scope import budget_tags, current_payer
-from .usage import (
-    finish_reason,
-    llm_model_name,
-    llm_tokenizer,
-    prompt_of_messages,
-    reported_usage,
-    response_text,
-    usage_from_response,
-)
+from .structured import astrict_stream, is_strict, strict_stream, strictly
+from .usage import finish_reason, llm_model_name, llm_tokenizer, prompt_of_messages, usage_from_response
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
@@ -328,6 +323,8 @@ class ClearBudgetLLM(FunctionCallingLLM):
 
     def _abandoned(self, decision: Decision, *, chat: bool, stream: bool = False) -> Any:
         record_abandoned(decision)
+        if is_strict():  # structured prediction: a fallback text is not the schema asked for (.structured)
+            raise decision.error()
         return fallback(self._spender.on_abandon, decision, chat=chat, stream=stream)
 
     def _answer(self, call: Call, outcome: Outcome) -> Any:
@@ -359,12 +356,14 @@ class ClearBudgetLLM(FunctionCallingLLM):
             target, sent, kwargs = self._sending(call, Generate(decision))
             with budget_tags(call.payer, decision):
                 chunks = target.stream_chat(sent, **kwargs) if call.chat else target.stream_complete(sent, **kwargs)
-            return _tagged(chunks, call.payer, decision)
+            return tagged(chunks, call.payer, decision)
 
         def abandoned(decision: Decision) -> Any:
             return self._abandoned(decision, chat=call.chat, stream=True)
 
-        return stream(self._spender.sync, call.request, open_stream, _Reader(), abandoned, self._meter)
+        chunks = stream(self._spender.sync, call.request, open_stream, Reader(), abandoned, self._meter)
+        record_stream(chunks)  # a streaming query's response closes it with its own stream (.responses)
+        return chunks
 
     def _astream(self, call: Call) -> AsyncIterator[Any]:
         async def open_stream(decision: Decision) -> AsyncIterator[Response]:
@@ -375,12 +374,32 @@ class ClearBudgetLLM(FunctionCallingLLM):
                     chunks = await target.astream_chat(sent, **kwargs)
                 else:
                     chunks = await target.astream_complete(sent, **kwargs)
-            return _atagged(chunks, call.payer, decision)
+            return atagged(chunks, call.payer, decision)
 
         def abandoned(decision: Decision) -> Any:
             return self._abandoned(decision, chat=call.chat, stream=True)
 
-        return astream(self._spender.asynchronous, call.request, open_stream, _Reader(), abandoned, self._meter)
+        chunks = astream(self._spender.asynchronous, call.request, open_stream, Reader(), abandoned, self._meter)
+        record_stream(chunks)
+        return chunks
+
+    # -- structured prediction: an abandoned call raises QueryAbandoned, whatever on_abandon says (.structured) ----
+
+    def structured_predict(self, *args: Any, **kwargs: Any) -> Any:
+        with strictly():
+            return super().structured_predict(*args, **kwargs)
+
+    async def astructured_predict(self, *args: Any, **kwargs: Any) -> Any:
+        with strictly():
+            return await super().astructured_predict(*args, **kwargs)
+
+    def stream_structured_predict(self, *args: Any, **kwargs: Any) -> Any:
+        return strict_stream(super().stream_structured_predict(*args, **kwargs))
+
+    async def astream_structured_predict(self, *args: Any, **kwargs: Any) -> Any:
+        with strictly():
+            parts = await super().astream_structured_predict(*args, **kwargs)
+        return astrict_stream(parts)
 
     # -- the LLM interface (not decorated: the wrapped LLM emits the events, see the module docstring) --------
 
@@ -407,52 +426,3 @@ class ClearBudgetLLM(FunctionCallingLLM):
 
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
         return self._astream(self._completion_call(prompt, formatted, kwargs))  # type: ignore[return-value]
-
-
-class _Reader:
-    """Reads a stream's responses: the new text (``delta``, or the part of the cumulative text not seen yet; tool
-    calls count too) and the usage the provider reported so far (LlamaIndex responses carry it whole)."""
-
-    def __init__(self) -> None:
-        self.text = ""
-
-    def __call__(self, chunk: Response) -> tuple[str, Usage | None]:
-        delta = chunk.delta
-        if delta is None:
-            whole = response_text(chunk)
-            delta = whole[len(self.text) :] if whole.startswith(self.text) else whole
-        self.text += delta
-        return delta, reported_usage(chunk)
-
-
-def _tagged(chunks: Iterator[Response], payer: Payer, decision: Decision) -> Iterator[Response]:
-    """The wrapped LLM's stream, read with the budget tags (its events are the wrapper's), the decision on each."""
-    try:
-        while True:
-            with budget_tags(payer, decision):
-                chunk = next(chunks, None)
-            if chunk is None:
-                return
-            chunk.additional_kwargs = {**chunk.additional_kwargs, **decision.metadata()}
-            yield chunk
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            with budget_tags(payer, decision):
-                close()
-
-
-async def _atagged(chunks: AsyncIterator[Response], payer: Payer, decision: Decision) -> AsyncIterator[Response]:
-    try:
-        while True:
-            with budget_tags(payer, decision):
-                chunk = await anext(chunks, None)
-            if chunk is None:
-                return
-            chunk.additional_kwargs = {**chunk.additional_kwargs, **decision.metadata()}
-            yield chunk
-    finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            with budget_tags(payer, decision):
-                await aclose()
