@@ -19,7 +19,8 @@ from llama_index.core.tools import FunctionTool
 from llama_index_instrumentation import get_dispatcher
 from llama_index_instrumentation.dispatcher import instrument_tags
 
-from clear_integrations.adapters.llama_index.events import BUDGETED_TAG, ClearEventHandler, _reported
+from clear_integrations.adapters.llama_index.events import BUDGETED_TAG, ClearEventHandler
+from clear_integrations.adapters.llama_index.usage import reported_counts
 from clear_integrations.errors import ClearWarning, InvalidBudget, LedgerUnavailable
 from clear_integrations.ledger import Budget, Ledger, UsageTotals, open_ledger
 from clear_integrations.testing import MeteredCall, MeteredMockLLM
@@ -405,4 +406,4 @@ def _obj(**fields: Any) -> SimpleNamespace:
     ],
 )
 def test_usage_is_read_where_each_provider_puts_it(response: Any, expected: Any) -> None:
-    assert _reported(response) == expected
+    assert reported_counts(response) == expected

@@ -54,19 +54,15 @@ model class is ``ClearBudgetLLM`` are skipped, with every call nested in them.
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from types import AsyncGeneratorType, FrameType, GeneratorType
 from typing import Any, Self
 
-from llama_index.core.base.llms.types import ChatResponse, TextBlock, ThinkingBlock, ToolCallBlock
 from llama_index.core.instrumentation.events import embedding as em
 from llama_index.core.instrumentation.events import llm as ev
 from llama_index.core.instrumentation.events.exception import ExceptionEvent
@@ -75,7 +71,6 @@ from llama_index_instrumentation.base import BaseEvent
 from llama_index_instrumentation.dispatcher import Dispatcher
 from llama_index_instrumentation.event_handlers import BaseEventHandler
 from llama_index_instrumentation.events.span import SpanDropEvent
-from llama_index_instrumentation.span_handlers import BaseSpanHandler
 from pydantic import PrivateAttr
 
 from ...errors import BudgetExceeded, ClearError, ClearWarning, LedgerUnavailable
@@ -83,12 +78,11 @@ from ...ledger import DEFAULT_LEASE, Ledger, Usage
 from ...ledger.accounts import parse_scope
 from ...tokens import count_tokens
 from .scope import BUDGETED_TAG, Payer, current_payer
+from .spans import SpanTree, TrackedCall, completion_text, prompt_text
+from .usage import reported_counts
 
 __all__ = ["BUDGETED_TAG", "ClearEventHandler"]
 
-_PROMPT = ("prompt_tokens", "input_tokens", "prompt_token_count", "prompt_eval_count")
-_COMPLETION = ("completion_tokens", "output_tokens", "candidates_token_count", "eval_count")
-_CACHE = ("cache_creation_input_tokens", "cache_read_input_tokens")
 _STARTS = (ev.LLMChatStartEvent, ev.LLMCompletionStartEvent)
 _PROGRESS = (ev.LLMChatInProgressEvent, ev.LLMCompletionInProgressEvent)
 _ENDS = (ev.LLMChatEndEvent, ev.LLMCompletionEndEvent)
@@ -101,154 +95,6 @@ def _embedding_events(*names: str) -> tuple[type[BaseEvent], ...]:
 
 _EMBED_STARTS = _embedding_events("EmbeddingStartEvent", "SparseEmbeddingStartEvent")
 _EMBED_ENDS = _embedding_events("EmbeddingEndEvent", "SparseEmbeddingEndEvent")
-_Reported = tuple[int | None, int, int]  # prompt (None: not reported), completion, reasoning
-
-
-@dataclass(slots=True, eq=False)
-class _Call:
-    sid: str | None
-    scope: str
-    model: str | None
-    prompt: Any  # the start event's messages or prompt: counted only when no usage is reported
-    tools: Any
-    touched: float
-    skip: bool
-    parent: _Call | None = None  # the open call it is nested in (None: an outermost call)
-    kids: list[_Call] = field(default_factory=list)  # the calls nested directly in it
-    stream: weakref.ref[Any] | None = None  # the generator its span returned
-    last: Any = None  # the latest response: its text is read only when no usage is reported
-    deltas: list[str] = field(default_factory=list)
-    reported: _Reported | None = None
-
-    @property
-    def root(self) -> _Call:
-        call = self
-        while call.parent is not None:
-            call = call.parent
-        return call
-
-    def usage(self) -> _Reported | None:
-        """Its own reported usage or, if more, its nested calls' together (each counted the same way)."""
-        nested = None
-        for kid in self.kids:
-            nested = _add(nested, kid.usage())
-        return max((u for u in (self.reported, nested) if u), key=lambda u: (u[0] or 0) + u[1], default=None)
-
-    @property
-    def seen(self) -> bool:
-        """Whether any output arrived: a stream began, or a nested call reported usage."""
-        return bool(self.last is not None or self.deltas or self.usage())
-
-    def running_frame(self) -> FrameType | None:
-        """The frame of its stream's generator while that generator runs (on some thread)."""
-        gen = None if self.stream is None else self.stream()
-        if isinstance(gen, GeneratorType) and gen.gi_running:
-            return gen.gi_frame
-        return gen.ag_frame if isinstance(gen, AsyncGeneratorType) and gen.ag_running else None
-
-
-class _SpanTree(BaseSpanHandler[Any]):
-    """The parent id of every open span (forgotten when it exits or drops), and the streams spans return."""
-
-    _parents: dict[str, str | None] = PrivateAttr(default_factory=dict)
-    _returned_stream: Callable[[str, Any], None] | None = PrivateAttr(default=None)
-
-    def forget(self) -> None:
-        """Drop every parent id (detached: the ends of the spans open now will not be seen)."""
-        self._parents.clear()
-
-    def ancestors(self, sid: str | None) -> Iterator[str]:
-        parent = None if sid is None else self._parents.get(sid)
-        while parent is not None:
-            yield parent
-            parent = self._parents.get(parent)
-
-    def new_span(self, id_: str, *args: Any, **kwargs: Any) -> None:  # returns no span: the base keeps none open
-        self._parents[id_] = kwargs.get("parent_span_id")
-
-    def prepare_to_exit_span(self, id_: str, *args: Any, **kwargs: Any) -> None:
-        self._parents.pop(id_, None)
-        if isinstance(result := kwargs.get("result"), GeneratorType | AsyncGeneratorType) and self._returned_stream:
-            self._returned_stream(id_, result)
-
-    def prepare_to_drop_span(self, id_: str, *args: Any, **kwargs: Any) -> None:
-        self._parents.pop(id_, None)
-
-
-def _get(source: Any, key: str) -> Any:
-    return source.get(key) if isinstance(source, Mapping) else getattr(source, key, None)
-
-
-def _int(source: Any, *keys: str) -> int | None:
-    values = (_get(source, key) for key in keys)
-    return next((v for v in values if type(v) is int and v >= 0), None)
-
-
-def _parse(source: Any) -> _Reported | None:
-    completion = None if isinstance(source, str | bytes | int | float) else _int(source, *_COMPLETION)
-    if completion is None:
-        return None
-    prompt = _int(source, *_PROMPT)
-    prompt = None if prompt is None else prompt + sum(_int(source, key) or 0 for key in _CACHE)
-    completion += (thoughts := _int(source, "thoughts_token_count") or 0)  # Gemini: not in candidates_token_count
-    details = _get(source, "completion_tokens_details") or _get(source, "output_tokens_details")
-    return prompt, completion, min(thoughts or _int(details, "reasoning_tokens") or 0, completion)
-
-
-def _reported(response: Any) -> _Reported | None:
-    raw, extra = getattr(response, "raw", None), getattr(response, "additional_kwargs", None)
-    message_extra = getattr(getattr(response, "message", None), "additional_kwargs", None)
-    sources = (_get(raw, "usage"), _get(raw, "usage_metadata"), raw, extra, _get(message_extra, "usage"))
-    return next((found for found in map(_parse, sources) if found is not None), None)
-
-
-def _add(a: _Reported | None, b: _Reported | None) -> _Reported | None:
-    if a is None or b is None:
-        return a or b
-    prompt = None if a[0] is None or b[0] is None else a[0] + b[0]
-    return prompt, a[1] + b[1], a[2] + b[2]
-
-
-def _message_text(message: Any) -> str:
-    """The text and thinking blocks of a message."""
-    blocks = [b for b in getattr(message, "blocks", ()) if isinstance(b, TextBlock | ThinkingBlock)]
-    return "".join((b.text if isinstance(b, TextBlock) else b.content) or "" for b in blocks)
-
-
-def _tool_call_text(call: Any) -> str:
-    """``name(arguments)`` of a ``ToolCallBlock``, ``ToolSelection``, or OpenAI / Ollama / Anthropic tool call."""
-    function = _get(call, "function") or call  # OpenAI and Ollama nest the name and arguments in "function"
-    name = _get(call, "tool_name") or _get(function, "name") or ""
-    values = (_get(call, "tool_kwargs"), _get(function, "arguments"), _get(call, "input"))
-    args = next((value for value in values if value is not None), "")
-    return f"{name}({args if isinstance(args, str) else json.dumps(args, default=str)})"
-
-
-def _tool_calls_text(message: Any) -> str:
-    """The tool calls of a message: its ``ToolCallBlock``s, else its ``additional_kwargs["tool_calls"]``."""
-    calls: Any = [block for block in getattr(message, "blocks", ()) if isinstance(block, ToolCallBlock)]
-    calls = calls or _get(getattr(message, "additional_kwargs", None), "tool_calls")
-    return "".join(map(_tool_call_text, calls)) if isinstance(calls, list | tuple) else ""
-
-
-def _completion_text(call: _Call) -> str:
-    """The response's text, or a stream's joined deltas if longer (one text), and its tool calls."""
-    last = call.last
-    message = last.message if isinstance(last, ChatResponse) else None
-    text = "" if last is None else _message_text(message) if message is not None else str(last.text or "")
-    return max(text, "".join(call.deltas), key=len) + _tool_calls_text(message)
-
-
-def _prompt_text(call: _Call) -> str:
-    prompt = call.prompt
-    text = prompt if isinstance(prompt, str) else "\n".join(
-        f"{m.role.value}: {_message_text(m)}{_tool_calls_text(m)}" for m in prompt
-    )  # fmt: skip
-    try:  # LlamaIndex tools, or provider tool specs (dicts, as OpenAI's _prepare_chat_with_tools passes them)
-        schemas = [t.metadata.to_openai_tool() if hasattr(t, "metadata") else t for t in call.tools or ()]
-    except Exception:  # a tool that cannot describe itself is left out of the estimate
-        schemas = []
-    return text + ("\n" + json.dumps(schemas, default=str) if schemas else "")
 
 
 class ClearEventHandler(BaseEventHandler):
@@ -272,9 +118,9 @@ class ClearEventHandler(BaseEventHandler):
 
     _clock: Callable[[], float] = PrivateAttr(default=time.monotonic)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    _spans: _SpanTree = PrivateAttr(default_factory=_SpanTree)
-    _calls: dict[str | None, _Call] = PrivateAttr(default_factory=dict)  # open outermost calls by span id
-    _nested: dict[str | None, _Call] = PrivateAttr(default_factory=dict)  # their nested calls by span id
+    _spans: SpanTree = PrivateAttr(default_factory=SpanTree)
+    _calls: dict[str | None, TrackedCall] = PrivateAttr(default_factory=dict)  # open outermost calls by span id
+    _nested: dict[str | None, TrackedCall] = PrivateAttr(default_factory=dict)  # their nested calls by span id
     # embedding calls started, by span id: (payer, model); payer None for a budgeted model (it charges itself)
     _embeds: dict[str | None, list[tuple[str | None, str | None]]] = PrivateAttr(default_factory=dict)
     _unbilled: list[tuple[str, Usage]] = PrivateAttr(default_factory=list)
@@ -345,7 +191,7 @@ class ClearEventHandler(BaseEventHandler):
         model = info.get("model") or info.get("model_name")
         prompt = event.messages if isinstance(event, ev.LLMChatStartEvent) else event.prompt
         payer = current_payer(Payer(self.tenant, self.session))
-        call = _Call(sid, payer.scope, model if isinstance(model, str) else None, prompt,
+        call = TrackedCall(sid, payer.scope, model if isinstance(model, str) else None, prompt,
                      event.additional_kwargs.get("tools"), now, skip)  # fmt: skip
         with self._lock:
             if sid in self._calls or sid in self._nested:
@@ -358,7 +204,7 @@ class ClearEventHandler(BaseEventHandler):
                 call.parent.kids.append(call)
                 call.parent.root.touched = now
 
-    def _enclosing(self, sid: str | None) -> _Call | None:
+    def _enclosing(self, sid: str | None) -> TrackedCall | None:
         """The open call a call starting in span ``sid`` is nested in (lock held): one whose span is an ancestor of
         ``sid``, else one whose stream's generator is running on this thread's stack."""
         for span in self._spans.ancestors(sid):
@@ -378,7 +224,7 @@ class ClearEventHandler(BaseEventHandler):
                 call.stream = weakref.ref(stream)
 
     def _progress(self, sid: str | None, response: Any, *, final: bool) -> None:
-        reported = None if response is None else _reported(response)
+        reported = None if response is None else reported_counts(response)
         delta = None if final or response is None else response.delta
         with self._lock:
             call = self._calls.get(sid) or self._nested.get(sid)
@@ -407,7 +253,7 @@ class ClearEventHandler(BaseEventHandler):
         if call is not None and call.parent is None and call.seen and not raised:
             self._settle(call)
 
-    def _pop(self, call: _Call) -> None:
+    def _pop(self, call: TrackedCall) -> None:
         """Forget a call and the calls nested in it; a nested call is detached from its parent (lock held)."""
         if call.parent is not None:
             call.parent.kids.remove(call)
@@ -419,7 +265,7 @@ class ClearEventHandler(BaseEventHandler):
             if found.get(node.sid) is node:
                 del found[node.sid]
 
-    def _drain(self, which: Callable[[_Call], bool]) -> None:
+    def _drain(self, which: Callable[[TrackedCall], bool]) -> None:
         """Remove the open calls ``which`` selects: commit those with output, drop those without (nothing seen)."""
         with self._lock:
             calls = [call for call in self._calls.values() if which(call)]
@@ -429,7 +275,7 @@ class ClearEventHandler(BaseEventHandler):
             if call.seen:
                 self._settle(call)
 
-    def _settle(self, call: _Call) -> None:
+    def _settle(self, call: TrackedCall) -> None:
         """Commit the call's usage: the provider's if reported (own or nested), else an offline estimate."""
         if call.skip:
             return
@@ -437,8 +283,8 @@ class ClearEventHandler(BaseEventHandler):
         if best is not None and best[0] is not None:
             usage = Usage(best[0], best[1], best[2])
         else:
-            prompt = count_tokens(_prompt_text(call), model=call.model).tokens
-            text = _completion_text(call)
+            prompt = count_tokens(prompt_text(call), model=call.model).tokens
+            text = completion_text(call)
             completion = (count_tokens(text, model=call.model).tokens if text else 0) if best is None else best[1]
             usage = Usage(prompt, completion, 0 if best is None else best[2], estimated=True)
         self._record(call.scope, usage)

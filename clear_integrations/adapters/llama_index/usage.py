@@ -19,23 +19,34 @@ else with tiktoken, and the :class:`~clear_integrations.ledger.Usage` is marked 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from llama_index.core.base.llms.types import ChatMessage, ChatResponse, CompletionResponse, TextBlock
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    CompletionResponse,
+    TextBlock,
+    ThinkingBlock,
+    ToolCallBlock,
+)
 from llama_index.core.llms.llm import LLM
 
 from ...ledger import Usage
 from ...tokens import count_tokens
 
 __all__ = [
+    "Reported",
     "finish_reason",
     "llm_model_name",
     "llm_tokenizer",
     "message_text",
     "prompt_of_messages",
+    "reported_counts",
     "reported_usage",
     "response_text",
+    "tool_calls_text",
     "usage_from_response",
 ]
 
@@ -71,33 +82,45 @@ def _first(source: Any, keys: Sequence[str]) -> int | None:
     return None
 
 
-def _read(source: Any) -> Usage | None:
-    if source is None:
+#: What a provider reported: prompt tokens (``None`` when it reported only its completion), completion, reasoning.
+Reported = tuple[int | None, int, int]
+
+
+def _read(source: Any) -> Reported | None:
+    if source is None or isinstance(source, str | bytes | int | float):
         return None
-    prompt, completion = _first(source, _PROMPT), _first(source, _COMPLETION)
-    if prompt is None or completion is None:
+    completion = _first(source, _COMPLETION)
+    if completion is None:
         return None
-    prompt += sum(_int(_get(source, key)) or 0 for key in _CACHE)
+    prompt = _first(source, _PROMPT)
+    if prompt is not None:
+        prompt = max(0, prompt + sum(_int(_get(source, key)) or 0 for key in _CACHE))
     details = _get(source, "completion_tokens_details") or _get(source, "output_tokens_details")
     reasoning = _int(_get(details, "reasoning_tokens")) or 0 if details is not None else 0
     thoughts = _int(_get(source, "thoughts_token_count"))
     if thoughts:  # Gemini counts thinking apart from the answer
         completion, reasoning = completion + thoughts, thoughts
-    return Usage(prompt=max(prompt, 0), completion=max(completion, 0), reasoning=min(max(reasoning, 0), completion))
+    completion = max(completion, 0)
+    return prompt, completion, min(max(reasoning, 0), completion)
+
+
+def reported_counts(response: Any) -> Reported | None:
+    """What the provider reported in ``response`` (see the module docstring), ``None`` if nothing; the prompt may be
+    missing (``None``) where a provider reports only its completion."""
+    if response is None:
+        return None
+    raw, extra = getattr(response, "raw", None), getattr(response, "additional_kwargs", None)
+    message = _get(getattr(response, "message", None), "additional_kwargs")
+    sources = (_get(raw, "usage"), _get(raw, "usage_metadata"), raw, extra, _get(message, "usage"))
+    return next((found for found in map(_read, sources) if found is not None), None)
 
 
 def reported_usage(response: Response | None) -> Usage | None:
-    """The usage the provider reported in ``response`` (see the module docstring), ``None`` if none."""
-    if response is None:
+    """The usage the provider reported in ``response`` in full (prompt and completion), ``None`` otherwise."""
+    found = reported_counts(response)
+    if found is None or found[0] is None:
         return None
-    raw = response.raw
-    message = response.message.additional_kwargs if isinstance(response, ChatResponse) else {}
-    sources = (_get(raw, "usage"), _get(raw, "usage_metadata"), raw, response.additional_kwargs, message.get("usage"))
-    for source in sources:
-        found = _read(source)
-        if found is not None:
-            return found
-    return None
+    return Usage(found[0], found[1], found[2])
 
 
 def response_text(response: Response) -> str:
@@ -106,8 +129,27 @@ def response_text(response: Response) -> str:
     return message_text(response.message)
 
 
-def message_text(message: ChatMessage) -> str:
-    return "".join(block.text for block in message.blocks if isinstance(block, TextBlock))
+def message_text(message: ChatMessage, *, thinking: bool = False) -> str:
+    """The text blocks of a message (and its thinking blocks with ``thinking``: they are completion tokens too)."""
+    kinds = (TextBlock, ThinkingBlock) if thinking else (TextBlock,)
+    blocks = [block for block in message.blocks if isinstance(block, kinds)]
+    return "".join((b.text if isinstance(b, TextBlock) else b.content) or "" for b in blocks)
+
+
+def _tool_call_text(call: Any) -> str:
+    """``name(arguments)`` of a ``ToolCallBlock``, ``ToolSelection``, or OpenAI / Ollama / Anthropic tool call."""
+    function = _get(call, "function") or call  # OpenAI and Ollama nest the name and arguments in "function"
+    name = _get(call, "tool_name") or _get(function, "name") or ""
+    values = (_get(call, "tool_kwargs"), _get(function, "arguments"), _get(call, "input"))
+    args = next((value for value in values if value is not None), "")
+    return f"{name}({args if isinstance(args, str) else json.dumps(args, default=str)})"
+
+
+def tool_calls_text(message: Any) -> str:
+    """A message's tool calls as text to count: its ``ToolCallBlock``s, else ``additional_kwargs["tool_calls"]``."""
+    calls: Any = [block for block in getattr(message, "blocks", ()) if isinstance(block, ToolCallBlock)]
+    calls = calls or _get(getattr(message, "additional_kwargs", None), "tool_calls")
+    return "".join(map(_tool_call_text, calls)) if isinstance(calls, list | tuple) else ""
 
 
 def finish_reason(response: Response) -> str | None:
