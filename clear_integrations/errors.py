@@ -19,6 +19,7 @@ ClearError
 ├── LocalModelUnavailable    the embedded local model (llama.cpp, SmolLM2) is not installed
 └── LedgerError
     ├── LedgerUnavailable    the ledger's store cannot be reached
+    │   └── LedgerDataLost   the store forgot its budgets (Redis restarted without persistence)
     ├── UnknownReservation   no reservation has this id
     └── ReservationClosed    the reservation was already released or expired
 ```
@@ -44,6 +45,7 @@ __all__ = [
     "InvalidLedgerURL",
     "InvalidProblem",
     "InvalidUsage",
+    "LedgerDataLost",
     "LedgerError",
     "LedgerUnavailable",
     "LocalModelUnavailable",
@@ -201,6 +203,19 @@ class LedgerUnavailable(LedgerError):
         self.url = url
         self.cause = cause
         super().__init__(f"ledger {url!r} is unavailable: {cause}")
+
+
+class LedgerDataLost(LedgerUnavailable):
+    """The store lost the data the ledger wrote (a Redis restarted without persistence, flushed, or failed over
+    to an empty replica): the budgets set before are gone, so a fail-closed ledger grants nothing until they are
+    set again (``clear-integrations ledger apply URL budgets.toml``, ``apply_budgets`` or ``set_budget``)."""
+
+    def __init__(self, url: str, cause: BaseException | str | None = None) -> None:
+        super().__init__(url, cause or (
+            "the store lost the ledger's data (a Redis restart without persistence, a flush, or a failover to an"
+            " empty replica): the budgets set before are gone, so nothing is granted until they are set again"
+            " (clear-integrations ledger apply URL budgets.toml, or Ledger.apply_budgets / set_budget)"
+        ))  # fmt: skip
 
 
 class UnknownReservation(LedgerError, KeyError):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, Literal
 
-from .checks import DEFAULT_RETENTION
+from .checks import DEFAULT_RETENTION, check_open
 from .config import load_budgets
 from .ledger import DEFAULT_LEASE, AsyncLedger, Clock, Ledger
 from .memory import MemoryStore
@@ -102,17 +102,20 @@ def open_ledger(
     name within the process), ``sqlite:///path.db`` or ``redis://host:port/db``.
 
     ``clock`` returns Unix seconds (default :func:`time.time`) and drives windows and leases on every
-    backend. ``prefix`` starts every Redis key. Closed reservations are kept ``retention`` seconds for
-    idempotent retries (purged by :meth:`Ledger.expire`). Raises :class:`InvalidLedgerURL` for an unknown
-    scheme and :class:`~clear_integrations.errors.LedgerUnavailable` when the store cannot be reached.
+    backend. ``prefix`` starts every Redis key; a memory or SQLite ledger is one namespace (its name, its file)
+    and has no keys to prefix, so there ``prefix`` is checked but changes nothing. Closed reservations are kept
+    ``retention`` seconds (>= 0) for idempotent retries (purged by :meth:`Ledger.expire`). Raises
+    :class:`InvalidLedgerURL` for an unknown scheme or an in-memory SQLite URL, ``InvalidInput`` naming a bad
+    option, and :class:`~clear_integrations.errors.LedgerUnavailable` when the store cannot be reached.
     ``on_unavailable``: ``"closed"`` (default) raises ``LedgerUnavailable``; ``"open"`` or a :class:`FailOpen`
     returns a :class:`FailoverLedger` that serves from a local ledger and reconciles later (``docs/deployment.md``).
     """
+    seconds = check_open(clock, prefix, retention)
     if on_unavailable != "closed":
         from .failover import open_failover_ledger
 
-        return open_failover_ledger(url, on_unavailable, clock=clock, prefix=prefix, retention=retention)
-    return Ledger(_open_store(url, prefix, retention), clock=clock)
+        return open_failover_ledger(url, on_unavailable, clock=clock, prefix=prefix, retention=seconds)
+    return Ledger(_open_store(url, prefix, seconds), clock=clock)
 
 
 def open_async_ledger(
@@ -127,14 +130,15 @@ def open_async_ledger(
 
     Redis uses ``redis.asyncio``; SQLite runs each step in a worker thread; memory runs inline.
     """
+    seconds = check_open(clock, prefix, retention)
     if on_unavailable != "closed":
         from .failover import open_async_failover_ledger
 
-        return open_async_failover_ledger(url, on_unavailable, clock=clock, prefix=prefix, retention=retention)
+        return open_async_failover_ledger(url, on_unavailable, clock=clock, prefix=prefix, retention=seconds)
     parsed = parse_ledger_url(url)
     if parsed.kind == "redis":
         from .redis import AsyncRedisStore
 
-        return AsyncLedger(AsyncRedisStore(url, prefix=prefix, retention=retention), clock=clock)
-    store = _open_store(url, prefix, retention)
+        return AsyncLedger(AsyncRedisStore(url, prefix=prefix, retention=seconds), clock=clock)
+    store = _open_store(url, prefix, seconds)
     return AsyncLedger(ThreadedAsyncStore(store, offload=parsed.kind == "sqlite"), clock=clock)

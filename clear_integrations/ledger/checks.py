@@ -8,21 +8,25 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from ..errors import InvalidBudget, InvalidInput, InvalidUsage
 from ..validation import check_rate, check_tokens
-from .accounts import tenant_of_reservation
+from .accounts import Scope, parse_scope, tenant_of_reservation
 from .model import MAX_TOKENS, Budget, Reservation, Usage
 
 __all__ = [
     "DEFAULT_RETENTION",
     "MAX_LEASE",
+    "MAX_PREFIX",
     "Charge",
     "check_budget",
+    "check_budgets",
     "check_lease",
     "check_limit",
+    "check_open",
     "check_request",
     "check_up_to",
     "check_version",
@@ -36,6 +40,21 @@ __all__ = [
 MAX_LEASE = 366 * 86_400.0
 #: How long closed reservations are kept for idempotent retries by default, in seconds (a week).
 DEFAULT_RETENTION = 7 * 86_400.0
+#: Longest Redis key prefix accepted.
+MAX_PREFIX = 256
+#: Largest ``limit`` a store is handed (any larger limit keeps every event just the same).
+_MAX_LIMIT = 2**62
+
+
+def check_open(clock: Any, prefix: Any, retention: Any) -> float:
+    """The options of ``open_ledger``: ``clock`` None or a function, ``prefix`` a string without ``{}``, and
+    ``retention`` a finite number of seconds >= 0 (returned as a float)."""
+    if clock is not None and not callable(clock):
+        raise InvalidInput("clock", clock, "must be a function returning Unix seconds, such as time.time")
+    if not isinstance(prefix, str) or "{" in prefix or "}" in prefix or len(prefix) > MAX_PREFIX:
+        reason = f"must be a string of at most {MAX_PREFIX} characters without '{{' or '}}'"
+        raise InvalidInput("prefix", prefix, reason)
+    return check_rate("retention", retention, error=InvalidInput)
 
 
 # ---------------------------------------------------------------- argument checks
@@ -54,7 +73,9 @@ def check_request(value: Any, field: str = "tokens") -> int:
 def check_up_to(tokens: Any, minimum: Any) -> tuple[int, int]:
     """``(tokens, minimum)`` of a ``reserve_up_to``: ``tokens`` positive, ``0 <= minimum <= tokens``."""
     amount = check_request(tokens)
-    least = 0 if minimum == 0 and type(minimum) is int else check_request(minimum, "minimum")
+    least = 0 if type(minimum) is int and minimum == 0 else check_tokens("minimum", minimum)
+    if least > MAX_TOKENS:
+        raise InvalidBudget("minimum", minimum, f"must be <= {MAX_TOKENS}")
     if least > amount:
         raise InvalidBudget("minimum", minimum, f"must be <= tokens ({amount})")
     return amount, least
@@ -65,6 +86,15 @@ def check_budget(value: Any, field: str = "budget") -> Budget:
     if not isinstance(value, Budget):
         raise InvalidBudget(field, value, "must be a Budget")
     return value
+
+
+def check_budgets(value: Any, field: str = "budgets") -> list[tuple[Scope, Budget]]:
+    """A mapping of account to :class:`Budget` (e.g. from ``load_budgets``), as ``(scope, budget)`` pairs."""
+    if not isinstance(value, Mapping):
+        raise InvalidBudget(field, value, "must be a mapping of account to Budget, such as load_budgets(path)")
+    return [
+        (parse_scope(account, field), check_budget(budget, f"{field}.{account}")) for account, budget in value.items()
+    ]
 
 
 def check_lease(value: Any, field: str = "lease") -> float:
@@ -78,13 +108,16 @@ def check_lease(value: Any, field: str = "lease") -> float:
 
 
 def check_limit(value: Any, field: str = "limit") -> int | None:
-    """None or a non-negative integer count."""
-    return None if value is None else check_tokens(field, value, error=InvalidInput)
+    """None or a non-negative integer count (a count beyond any log is kept as a very large one)."""
+    return None if value is None else min(check_tokens(field, value, error=InvalidInput), _MAX_LIMIT)
 
 
 def check_version(value: Any, field: str = "expected_version") -> int:
-    """A state-slot version: an integer >= 0."""
-    return check_tokens(field, value, error=InvalidInput)
+    """A state-slot version: an integer >= 0 (and below 2**63, as every store counts it)."""
+    version = check_tokens(field, value, error=InvalidInput)
+    if version >= 2**63:
+        raise InvalidInput(field, value, "must be < 2**63")
+    return version
 
 
 class Charge(NamedTuple):
@@ -134,5 +167,7 @@ def encode_state(value: Any, field: str = "value") -> str:
         raise InvalidInput(field, value, "must be a dict")
     try:
         return json.dumps(value, allow_nan=False, separators=(",", ":"), sort_keys=True)
+    except RecursionError:
+        raise InvalidInput(field, "<a dict nested too deeply>", "must be JSON-serialisable: too deep") from None
     except (TypeError, ValueError) as exc:
         raise InvalidInput(field, value, f"must be JSON-serialisable: {exc}") from None

@@ -17,7 +17,6 @@ ledger = FailoverLedger(lambda: open_ledger("redis://redis:6379/0"), mode="open"
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -28,7 +27,6 @@ from ..errors import InvalidInput
 from .ledger import AsyncLedger, Clock, Ledger
 from .model import Budget
 from .store import Store, ThreadedAsyncStore
-from .urls import parse_ledger_url
 
 __all__ = [
     "AsyncFailoverLedger",
@@ -40,8 +38,9 @@ __all__ = [
     "open_failover_ledger",
 ]
 
-from .checks import DEFAULT_RETENTION
-from .failover_store import FailOpen, FailoverStatus, FailoverStore
+from .checks import DEFAULT_RETENTION, check_open
+from .failover_policy import FailOpen, FailoverStatus
+from .failover_store import FailoverStore
 
 
 class FailoverLedger(Ledger):
@@ -69,22 +68,24 @@ class FailoverLedger(Ledger):
     ) -> None:
         if mode not in ("closed", "open"):
             raise InvalidInput("mode", mode, "must be 'closed' or 'open'")
-        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
-            raise InvalidInput("share", share, "must be a fraction in (0, 1]")
-        for field, value in (("retry_after", retry_after), ("refresh", refresh)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
-                raise InvalidInput(field, value, "must be a finite number of seconds >= 0")
-        location = parse_ledger_url(fallback)
-        if location.kind == "redis":
-            raise InvalidInput("fallback", fallback, "must be local: memory:// or sqlite:///path.db")
+        if not isinstance(primary, Ledger) and not callable(primary):
+            raise InvalidInput("primary", primary, "must be a Ledger or a function that opens one")
+        if clock is not None and not callable(clock):
+            raise InvalidInput("clock", clock, "must be a function returning Unix seconds, such as time.time")
+        policy = FailOpen(fallback, share, retry_after, refresh, budgets)  # checks each setting
+        location = policy.location()
         if clock is None:
             clock = primary._clock if isinstance(primary, Ledger) else time.time
         from . import open_ledger
 
         def open_primary() -> Store:
-            return primary.store if isinstance(primary, Ledger) else primary().store
+            if isinstance(primary, Ledger):
+                return primary.store
+            opened = primary()
+            if not isinstance(opened, Ledger):
+                raise InvalidInput("primary", primary, f"must open a Ledger, not {type(opened).__name__}")
+            return opened.store
 
-        policy = FailOpen(fallback, float(share), float(retry_after), float(refresh), budgets)
         journal = ":memory:" if location.kind == "memory" else location.location
         local = open_ledger(fallback, clock=clock).store
         super().__init__(
@@ -113,6 +114,8 @@ class AsyncFailoverLedger(AsyncLedger):
     """
 
     def __init__(self, ledger: FailoverLedger) -> None:
+        if not isinstance(ledger, FailoverLedger):
+            raise InvalidInput("ledger", ledger, "must be a FailoverLedger")
         super().__init__(ThreadedAsyncStore(ledger.store, offload=True), clock=ledger._clock)
         self.ledger = ledger
 
@@ -131,6 +134,7 @@ class AsyncFailoverLedger(AsyncLedger):
 def _failover(url: str, on_unavailable: Any, clock: Clock | None, prefix: str, retention: float) -> FailoverLedger:
     from . import open_ledger
 
+    retention = check_open(clock, prefix, retention)  # now, not at the first (lazy) open of the primary
     policy = FailOpen() if on_unavailable == "open" else on_unavailable
     if not isinstance(policy, FailOpen):
         raise InvalidInput("on_unavailable", on_unavailable, "must be 'closed', 'open' or a FailOpen(...)")

@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sqlite3
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from ..errors import LedgerUnavailable, ReservationClosed, UnknownReservation
 from .accounts import Scope, parse_scope, tenant_of_reservation
 from .checks import Charge
+from .failover_journal import Entry, Journal
+from .failover_policy import FailOpen, FailoverStatus
 from .ledger import Clock
 from .model import MAX_TOKENS, Balance, Budget, Event, Reservation, UsageTotals
 from .store import Store
+from .windows import format_window
 
 __all__ = ["FailOpen", "FailoverStatus", "FailoverStore"]
 
@@ -25,35 +27,8 @@ _T = TypeVar("_T")
 #: Marks reservation ids made on the fallback: ``tenant#~session~unique`` (the primary never makes one).
 _MARK = "~"
 _REPLAY_LEASE = 300.0
-
-
-@dataclass(frozen=True, slots=True)
-class FailOpen:
-    """Fail-open settings: the ``fallback`` URL, the ``share`` of each last-read remaining budget it may
-    spend, ``retry_after`` seconds between probes, ``refresh`` seconds between budget snapshots of an account,
-    and ``budgets`` (e.g. :func:`load_budgets`) for tenants never read from the primary."""
-
-    fallback: str = "memory://"
-    share: float = 1.0
-    retry_after: float = 5.0
-    refresh: float = 10.0
-    budgets: Mapping[str, Budget] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class FailoverStatus:
-    """Where a failover ledger stands: its ``mode``, the ``active`` side, the journal's ``pending`` entries and
-    their ``pending_tokens``, entries ``replayed`` by this process, when it ``failed_at``, the ``next_probe``
-    time and the ``last_error``."""
-
-    mode: Literal["closed", "open"]
-    active: Literal["primary", "fallback"]
-    pending: int
-    pending_tokens: int
-    replayed: int
-    failed_at: float | None
-    next_probe: float | None
-    last_error: str | None
+#: Seconds between probes while the primary answers but is still loading its data (a restarting Redis).
+LOADING_RETRY = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,62 +38,16 @@ class _Snapshot:
     window_end: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    rid: str
-    kind: Literal["charge", "commit", "release"]
-    scope: str
-    charge: Charge
-
-
-class _Journal:
-    """Usage to replay on the primary, keyed by reservation id, in SQLite (``:memory:`` or a file, synced)."""
-
-    def __init__(self, path: str) -> None:
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
-        if path != ":memory:":
-            self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS failover_journal (rid TEXT PRIMARY KEY, kind TEXT NOT NULL,"
-            " scope TEXT NOT NULL, total INTEGER, prompt INTEGER, completion INTEGER, reasoning INTEGER,"
-            " estimated INTEGER, ts REAL)"
-        )
-
-    def add(self, kind: str, rid: str, scope: str, charge: Charge, now: float) -> bool:
-        """Journal an entry (the first one per id wins); True when it was new."""
-        with self._lock:
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO failover_journal VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (rid, kind, scope, *charge[:4], int(charge.estimated), now),
-            )
-            return cursor.rowcount == 1
-
-    def drop(self, rid: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM failover_journal WHERE rid = ?", (rid,))
-
-    def pending(self) -> list[_Entry]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM failover_journal ORDER BY ts, rid").fetchall()
-        return [_Entry(r[0], r[1], r[2], Charge(r[3], r[4], r[5], r[6], bool(r[7]))) for r in rows]
-
-    def totals(self) -> tuple[int, int]:
-        with self._lock:
-            count, tokens = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(total), 0) FROM failover_journal"
-            ).fetchone()
-        return int(count), int(tokens)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-
 def _local_rid(scope: Scope, rid: str) -> str:
     """``tenant#~session~unique``: routes to the fallback and carries the scope for the replay."""
     return f"{scope.tenant}#{_MARK}{scope.session or ''}{_MARK}{rid.rpartition('#')[2]}"
+
+
+def _loading(exc: LedgerUnavailable) -> bool:
+    """Whether the primary answered but is still loading its data set (Redis ``LOADING`` after a restart)."""
+    cause = exc.cause
+    names = {kind.__name__ for kind in type(cause).__mro__} if isinstance(cause, BaseException) else set()
+    return "BusyLoadingError" in names or "loading the dataset" in str(cause)
 
 
 def _is_local(rid: str) -> bool:
@@ -148,13 +77,15 @@ class FailoverStore:
         self.policy = policy
         self._open_primary = open_primary
         self._fallback = fallback
-        self._journal = _Journal(journal_path)
+        self._journal = Journal(journal_path)
+        self._inflight: set[str] = set()  # fallback commits between their journal entry and their local commit
         self._clock = clock
         self._lock = threading.Lock()
         self._seed_lock = threading.Lock()
         self._snapshots: dict[str, tuple[_Snapshot, float]] = {}
         self._seeded: set[str] = set()
         self._held: dict[str, int] = {}  # tokens of primary reservations made here, for commits during an outage
+        self._settled: dict[str, tuple[str, int]] = {}  # the last primary commits/releases: (kind, returned)
         self._active: Literal["primary", "fallback"] = "primary"
         self._failed_at: float | None = None
         self._next_probe = 0.0
@@ -198,38 +129,55 @@ class FailoverStore:
 
     def _fail_over(self, exc: LedgerUnavailable) -> None:
         with self._lock:
-            now = self._clock()
-            self._last_error = str(exc.cause)
-            self._next_probe = now + self.policy.retry_after
-            if self._active == "fallback":
-                return
-            self._active, self._failed_at = "fallback", now
-            self._seeded.clear()
+            self._to_fallback(exc)
+
+    def _to_fallback(self, exc: LedgerUnavailable) -> None:
+        """Switch to the fallback (call with the lock held); the next probe is due after ``retry_after``, or
+        after :data:`LOADING_RETRY` when the primary answered but is still loading its data."""
+        now = self._clock()
+        self._last_error = str(exc.cause)
+        wait = min(self.policy.retry_after, LOADING_RETRY) if _loading(exc) else self.policy.retry_after
+        self._next_probe = now + wait
+        if self._active == "fallback":
+            return
+        self._active, self._failed_at = "fallback", now
+        self._seeded.clear()
 
     def _probe(self) -> int:
         """Replay the journal on the primary and switch back (call with the lock held).
 
         Tried twice: the first call after a server restart may fail on a connection the old server closed
-        (the store then reconnects), and every replayed step is idempotent by id."""
-        now = self._clock()
+        (the store then reconnects), and every replayed step is idempotent by id. Entries journaled by calls
+        that were still on the fallback while the replay ran are replayed after the switch; the snapshots of the
+        accounts used during the outage are read again (the replay changed them)."""
+        touched, replayed = set(self._seeded), 0
         for attempt in (1, 2):
             try:
                 if self._primary is None:
                     self._primary = self._open_primary()
-                replayed = self._replay(self._primary)
+                primary = self._primary
+                replayed = self._replay(primary, touched)
                 if not replayed:
-                    self._primary.get_state("default")  # a ping through the store
+                    primary.get_state("default")  # a ping through the store
                 break
             except LedgerUnavailable as exc:
                 if attempt == 2:
-                    self._last_error, self._next_probe = str(exc.cause), now + self.policy.retry_after
+                    self._to_fallback(exc)
                     raise
         self._active, self._failed_at, self._last_error = "primary", None, None
+        try:
+            replayed += self._replay(primary, touched)
+            self._refresh(primary, touched)
+        except LedgerUnavailable as exc:
+            self._to_fallback(exc)
+            raise
         return replayed
 
-    def _replay(self, primary: Store) -> int:
+    def _replay(self, primary: Store, touched: set[str]) -> int:
         replayed = 0
         for entry in self._journal.pending():
+            if entry.rid in self._inflight:  # its local commit is under way: that call replays it (_journaled)
+                continue
             now = self._clock()
             if entry.kind == "charge":
                 self._charge(primary, entry.rid, entry.scope, entry.charge, now)
@@ -242,10 +190,35 @@ class FailoverStore:
             else:
                 with contextlib.suppress(UnknownReservation):
                     primary.release(entry.rid, now)
+            if entry.kind != "charge":  # what the caller was answered stays the answer to a retry
+                self._settle(entry.rid, entry.kind, entry.returned)
             self._journal.drop(entry.rid)
+            touched.update(parse_scope(entry.scope).path)
             replayed += 1
             self._replayed += 1
         return replayed
+
+    def _journaled(self) -> None:
+        """Called after a step was journaled on the fallback path: when the primary became the active side
+        meanwhile, the switch's replay may have run before the entry existed, so replay what is left now."""
+        if self._active != "primary":
+            return
+        with self._lock:
+            if self._active != "primary" or self._primary is None:
+                return
+            try:
+                self._replay(self._primary, set())
+            except LedgerUnavailable as exc:
+                if self.mode == "open":
+                    self._to_fallback(exc)
+
+    def _refresh(self, primary: Store, names: set[str]) -> None:
+        """Read again the snapshots of ``names`` (after a replay): a later outage starts from the truth."""
+        if self.mode == "closed":
+            return
+        for name in sorted(names):
+            now = self._clock()
+            self._remember(primary.balance(parse_scope(name), now), now)
 
     @staticmethod
     def _charge(primary: Store, rid: str, scope: str, charge: Charge, now: float) -> None:
@@ -284,7 +257,7 @@ class FailoverStore:
         if balance.limit is not None and balance.mode is not None:
             window = None
             if balance.window_start is not None and balance.window_end is not None:
-                window = f"{round(balance.window_end - balance.window_start)}s"
+                window = format_window(round(balance.window_end - balance.window_start))
             budget = Budget(balance.limit, window, balance.mode)
         self._snapshots[balance.account] = (_Snapshot(budget, balance.remaining or 0, balance.window_end), now)
 
@@ -352,31 +325,53 @@ class FailoverStore:
 
     def commit(self, rid: str, charge: Charge, now: float) -> int:
         if _is_local(rid):
-            new = self._journal.add("charge", rid, _scope_of_local(rid), charge, now)
+            return self._commit_local(rid, charge, now)
+
+        def outage(_: Store) -> int:  # a primary reservation: journaled, answered as the primary would
+            settled = self._settled.get(rid)
+            if settled is not None:  # committed or released on the primary before the outage
+                if settled[0] == "release":
+                    raise ReservationClosed(rid, "released")
+                return settled[1]
+            returned = max(0, self._held.get(rid, 0) - charge.total)
+            first = self._journal.add(Entry(rid, "commit", tenant_of_reservation(rid), charge, returned), now)[0]
+            self._held.pop(rid, None)
+            self._journaled()
+            if first.kind == "release":
+                raise ReservationClosed(rid, "released")
+            return first.returned  # a second commit answers the first one's result
+
+        def primary(store: Store) -> int:
+            returned = store.commit(rid, charge, now)
+            self._settle(rid, "commit", returned)
+            return returned
+
+        returned = self._route(primary, outage)
+        self._held.pop(rid, None)
+        return returned
+
+    def _settle(self, rid: str, kind: str, returned: int) -> None:
+        """Remember what the primary answered, so that a retry during a later outage answers the same."""
+        if self.mode == "open":
+            if len(self._settled) >= 10_000:
+                self._settled.pop(next(iter(self._settled)))
+            self._settled[rid] = (kind, returned)
+
+    def _commit_local(self, rid: str, charge: Charge, now: float) -> int:
+        """Commit a fallback reservation: journaled first (a crash keeps the usage), then committed locally."""
+        self._inflight.add(rid)
+        try:
+            entry = Entry(rid, "charge", _scope_of_local(rid), charge)
+            new = self._journal.add(entry, now)[1]
             try:
                 returned = self._fallback.commit(rid, charge, now)
             except (UnknownReservation, ReservationClosed):
                 if new:
                     self._journal.drop(rid)
                 raise
-            failed: LedgerUnavailable | None = None
-            if self._active == "primary" and self._lock.acquire(blocking=False):
-                try:  # a late commit of an outage's reservation: replay it now
-                    self._probe()
-                except LedgerUnavailable as exc:
-                    failed = exc
-                finally:
-                    self._lock.release()
-            if failed is not None:
-                self._fail_over(failed)
-            return returned
-
-        def outage(_: Store) -> int:
-            self._journal.add("commit", rid, tenant_of_reservation(rid), charge, now)
-            return max(0, self._held.pop(rid, 0) - charge.total)
-
-        returned = self._route(lambda s: s.commit(rid, charge, now), outage)
-        self._held.pop(rid, None)
+        finally:
+            self._inflight.discard(rid)
+        self._journaled()  # a late commit after the switch back is replayed at once
         return returned
 
     def release(self, rid: str, now: float) -> int:
@@ -384,10 +379,21 @@ class FailoverStore:
             return self._fallback.release(rid, now)
 
         def outage(_: Store) -> int:
-            self._journal.add("release", rid, tenant_of_reservation(rid), Charge(0), now)
-            return self._held.pop(rid, 0)
+            settled = self._settled.get(rid)
+            if settled is not None:  # on the primary before the outage: a release there gave back all it had
+                return settled[1] if settled[0] == "release" else 0
+            returned = self._held.get(rid, 0)
+            first = self._journal.add(Entry(rid, "release", tenant_of_reservation(rid), Charge(0), returned), now)[0]
+            self._held.pop(rid, None)
+            self._journaled()
+            return first.returned if first.kind == "release" else 0  # after a commit: nothing comes back
 
-        returned = self._route(lambda s: s.release(rid, now), outage)
+        def primary(store: Store) -> int:
+            returned = store.release(rid, now)
+            self._settle(rid, "release", returned)
+            return returned
+
+        returned = self._route(primary, outage)
         self._held.pop(rid, None)
         return returned
 

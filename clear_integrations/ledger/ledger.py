@@ -14,9 +14,11 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
+from ..errors import InvalidInput
 from .accounts import check_pool, new_reservation_id, parse_scope
 from .checks import (
     check_budget,
+    check_budgets,
     check_lease,
     check_limit,
     check_request,
@@ -39,8 +41,22 @@ DEFAULT_LEASE = 300.0
 Clock = Callable[[], float]
 
 
+_STORE_METHODS = ("set_budget", "get_budget", "reserve", "commit", "release", "expire", "balance", "usage", "events",
+                  "reset", "get_state", "set_state", "close")  # fmt: skip
+
+
+def _check_store(store: Any) -> None:
+    if not isinstance(getattr(store, "url", None), str) or not all(
+        callable(getattr(store, name, None)) for name in _STORE_METHODS
+    ):
+        raise InvalidInput("store", store, "must be a ledger store: open a ledger with open_ledger(url)")
+
+
 class _Base:
-    def __init__(self, clock: Clock | None) -> None:
+    def __init__(self, store: Any, clock: Clock | None) -> None:
+        _check_store(store)
+        if clock is not None and not callable(clock):
+            raise InvalidInput("clock", clock, "must be a function returning Unix seconds, such as time.time")
         self._clock: Clock = time.time if clock is None else clock
         self._unique = secrets.token_hex(6)
         self._counter = itertools.count(1)
@@ -57,7 +73,7 @@ class Ledger(_Base):
     """
 
     def __init__(self, store: Store, *, clock: Clock | None = None) -> None:
-        super().__init__(clock)
+        super().__init__(store, clock)
         self.store = store
 
     @property
@@ -80,7 +96,7 @@ class Ledger(_Base):
 
     def apply_budgets(self, budgets: Mapping[str, Budget]) -> int:
         """Set every budget of a mapping (e.g. from :func:`load_budgets`) that differs; returns how many."""
-        checked = [(parse_scope(account, "budgets"), check_budget(budget)) for account, budget in budgets.items()]
+        checked = check_budgets(budgets)
         changed = 0
         for scope, budget in checked:
             if self.store.get_budget(scope) != budget:
@@ -175,13 +191,15 @@ class AsyncLedger(_Base):
     twin of a sync ledger on the same store with :meth:`of`."""
 
     def __init__(self, store: AsyncStore, *, clock: Clock | None = None) -> None:
-        super().__init__(clock)
+        super().__init__(store, clock)
         self.store = store
 
     @classmethod
     def of(cls, ledger: Ledger) -> AsyncLedger:
         """An async ledger on ``ledger``'s own store and clock: each step runs in a worker thread, inline for an
         in-memory store (a few microseconds under a lock), so the event loop never waits on I/O."""
+        if not isinstance(ledger, Ledger):
+            raise InvalidInput("ledger", ledger, "must be a Ledger (open_ledger(url))")
         return cls(ThreadedAsyncStore(ledger.store, offload=not isinstance(ledger.store, MemoryStore)),
                    clock=ledger._clock)  # fmt: skip
 
@@ -215,7 +233,7 @@ class AsyncLedger(_Base):
 
     async def apply_budgets(self, budgets: Mapping[str, Budget]) -> int:
         """See :meth:`Ledger.apply_budgets`."""
-        checked = [(parse_scope(account, "budgets"), check_budget(budget)) for account, budget in budgets.items()]
+        checked = check_budgets(budgets)
         changed = 0
         for scope, budget in checked:
             if await self.store.get_budget(scope) != budget:

@@ -39,11 +39,14 @@ class Budget:
     mode: Literal["hard", "soft"] = "hard"
 
     def __post_init__(self) -> None:
-        _bounded("budget.tokens", self.tokens, minimum=0, error=InvalidBudget)
+        # amounts are normalised to plain ints (a numpy integer would reach SQLite as a BLOB)
+        object.__setattr__(self, "tokens", _bounded("budget.tokens", self.tokens, minimum=0, error=InvalidBudget))
         if self.window is not None:
             parse_window(self.window, "budget.window")
-        if self.mode not in ("hard", "soft"):
+            object.__setattr__(self, "window", str(self.window))
+        if not isinstance(self.mode, str) or self.mode not in ("hard", "soft"):
             raise InvalidBudget("budget.mode", self.mode, "must be 'hard' or 'soft'")
+        object.__setattr__(self, "mode", str(self.mode))
 
     @property
     def window_seconds(self) -> int:
@@ -65,9 +68,9 @@ class Usage:
     estimated: bool = False
 
     def __post_init__(self) -> None:
-        _bounded("usage.prompt", self.prompt, minimum=0, error=InvalidUsage)
-        _bounded("usage.completion", self.completion, minimum=0, error=InvalidUsage)
-        _bounded("usage.reasoning", self.reasoning, minimum=0, error=InvalidUsage)
+        for field in ("prompt", "completion", "reasoning"):  # plain ints, whatever integer type was given
+            tokens = _bounded(f"usage.{field}", getattr(self, field), minimum=0, error=InvalidUsage)
+            object.__setattr__(self, field, tokens)
         if self.reasoning > self.completion:
             raise InvalidUsage("usage.reasoning", self.reasoning, "reasoning tokens are part of completion")
         if not isinstance(self.estimated, bool):

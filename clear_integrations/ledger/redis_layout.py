@@ -10,7 +10,8 @@ tenant's keys share a Redis Cluster slot and every per-tenant script is atomic t
     P{tenant}:lease    zset  held reservation ids scored by lease expiry
     P{tenant}:events   list  JSON events [seq, ts, kind, account, rid, tokens, returned, prompt,
                              completion, reasoning, estimated, late, over, note]
-    P{pool:<name>}:state hash value (JSON), version
+    P{pool:<name>}:state hash value (JSON), version, writer (the id of the last write, for a retried swap)
+    P{#ledger}:marker    string written with the first budget (the time): see redis_support.DataGuard
 
 Closed reservations stay in ``P{tenant}:res`` for the retention period (idempotent retries), then the
 ``expire()`` sweep purges them.
@@ -72,6 +73,11 @@ class RedisLayout:
     def state_key(self, pool: str) -> str:
         """The key of a pool's state slot."""
         return f"{self.prefix}{{pool:{pool}}}:state"
+
+    def marker_key(self) -> str:
+        """The key written with the first budget (``'#'`` is in no tenant name): its absence tells a store that
+        has seen it that the server lost the ledger's data (see :class:`.redis_support.DataGuard`)."""
+        return f"{self.prefix}{{#ledger}}:marker"
 
     def account_pattern(self) -> str:
         """A SCAN pattern matching every tenant's accounts hash."""

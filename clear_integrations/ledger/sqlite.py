@@ -21,139 +21,14 @@ from ..errors import ClearError, LedgerUnavailable
 from . import core
 from .accounts import Scope
 from .checks import DEFAULT_RETENTION, Charge
-from .core import AccountState, EventRow, ReservationRecord
+from .core import AccountState
 from .model import Balance, Budget, Event, Reservation, UsageTotals
+from .sqlite_txn import ACCOUNT_COLUMNS, EVENT_COLUMNS, SCHEMA, SqliteTxn, event, healed
 
 __all__ = ["SQLiteStore"]
 
 _T = TypeVar("_T")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS accounts (
-    account TEXT PRIMARY KEY, tenant TEXT NOT NULL, limit_tokens INTEGER, mode TEXT NOT NULL,
-    window TEXT, window_seconds INTEGER NOT NULL, window_start INTEGER NOT NULL,
-    spent INTEGER NOT NULL, held INTEGER NOT NULL, reset_seq INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS reservations (
-    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, scope TEXT NOT NULL, tokens INTEGER NOT NULL,
-    requested INTEGER NOT NULL, state TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL,
-    charged INTEGER NOT NULL, returned INTEGER NOT NULL, late INTEGER NOT NULL, closed REAL NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS reservations_leases ON reservations (tenant, expires) WHERE state = 'held';
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY, ts REAL NOT NULL, kind TEXT NOT NULL, tenant TEXT NOT NULL,
-    account TEXT NOT NULL, rid TEXT, tokens INTEGER NOT NULL, returned INTEGER NOT NULL,
-    prompt INTEGER NOT NULL, completion INTEGER NOT NULL, reasoning INTEGER NOT NULL,
-    estimated INTEGER NOT NULL, late INTEGER NOT NULL, over INTEGER NOT NULL, note TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_tenant ON events (tenant, seq);
-CREATE TABLE IF NOT EXISTS state (pool TEXT PRIMARY KEY, value TEXT NOT NULL, version INTEGER NOT NULL);
-"""
-
-_ACCOUNT_COLUMNS = "account, limit_tokens, mode, window, window_seconds, window_start, spent, held, reset_seq"
-_UPSERT_ACCOUNT = f"INSERT OR REPLACE INTO accounts ({_ACCOUNT_COLUMNS}, tenant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_RESERVATION_COLUMNS = "id, scope, tokens, requested, state, created, expires, charged, returned, late, closed"
-_UPSERT_RESERVATION = (
-    f"INSERT OR REPLACE INTO reservations ({_RESERVATION_COLUMNS}, tenant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_EVENT_COLUMNS = (
-    "seq, ts, kind, account, rid, tokens, returned, prompt, completion, reasoning, estimated, late, over, note"
-)
-_INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}, tenant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-
-
-def _tenant(name: str) -> str:
-    return name.partition("/")[0]
-
-
-def _event(row: tuple[Any, ...]) -> Event:
-    return core.event_from_row(row)
-
-
-def _account_row(a: AccountState) -> tuple[Any, ...]:
-    return (a.name, a.limit, a.mode, a.window, a.window_seconds, a.window_start, a.spent, a.held, a.reset_seq)
-
-
-def _reservation_row(r: ReservationRecord) -> tuple[Any, ...]:
-    return (
-        r.id, r.scope, r.tokens, r.requested, r.state, r.created, r.expires, r.charged, r.returned, r.late, r.closed,
-    )  # fmt: skip
-
-
-def _record(row: tuple[Any, ...]) -> ReservationRecord:
-    rid, scope, tokens, requested, state, created, expires, charged, returned, late, closed = row
-    late = bool(late)
-    return ReservationRecord(rid, scope, tokens, requested, state, created, expires, charged, returned, late, closed)
-
-
-class _Txn:
-    """A :class:`~.core.Txn` over one open ``BEGIN IMMEDIATE`` transaction; :meth:`flush` writes changes."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-        self._accounts: dict[str, tuple[AccountState, tuple[Any, ...] | None]] = {}
-        self._reservations: dict[str, ReservationRecord] = {}
-        self._dirty: set[str] = set()
-        self._events: list[EventRow] = []
-        self._seq: int | None = None
-
-    def account(self, name: str) -> AccountState:
-        entry = self._accounts.get(name)
-        if entry is None:
-            row = self._conn.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE account = ?", (name,)).fetchone()
-            state = AccountState(name) if row is None else AccountState(*row)
-            entry = self._accounts[name] = (state, None if row is None else tuple(row))
-        return entry[0]
-
-    def reservation(self, rid: str) -> ReservationRecord | None:
-        record = self._reservations.get(rid)
-        if record is None:
-            row = self._conn.execute(f"SELECT {_RESERVATION_COLUMNS} FROM reservations WHERE id = ?", (rid,)).fetchone()
-            if row is not None:
-                record = self._reservations[rid] = _record(row)
-        return record
-
-    def save_reservation(self, record: ReservationRecord) -> None:
-        self._reservations[record.id] = record
-        self._dirty.add(record.id)
-
-    def due(self, tenant: str, now: float) -> list[ReservationRecord]:
-        rows = self._conn.execute(
-            f"SELECT {_RESERVATION_COLUMNS} FROM reservations WHERE tenant = ? AND state = 'held' AND expires <= ?",
-            (tenant, now),
-        ).fetchall()
-        found = {row[0]: self._reservations.get(row[0]) or _record(row) for row in rows}
-        for record in self._reservations.values():  # not yet written by an earlier step of this batch
-            if record.expires <= now and _tenant(record.scope) == tenant:
-                found[record.id] = record
-        return [record for record in found.values() if record.state == "held"]
-
-    def next_seq(self) -> int:
-        if self._seq is None:
-            row = self._conn.execute("SELECT seq FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-            self._seq = 0 if row is None else int(row[0])
-        self._seq += 1
-        return self._seq
-
-    def append(self, row: EventRow) -> None:
-        self._events.append(row)
-
-    def flush(self) -> None:
-        """Write what changed; the step may go on after a flush (it reads the written rows back)."""
-        conn = self._conn
-        for state, loaded in self._accounts.values():
-            row = _account_row(state)
-            if row != loaded and (loaded is not None or state.limit is not None or state.spent or state.held):
-                conn.execute(_UPSERT_ACCOUNT, (*row, _tenant(state.name)))
-        for rid in self._dirty:
-            record = self._reservations[rid]
-            conn.execute(_UPSERT_RESERVATION, (*_reservation_row(record), _tenant(record.scope)))
-        if self._events:
-            conn.executemany(_INSERT_EVENT, [(*row, _tenant(row[3])) for row in self._events])
-        self._accounts.clear()
-        self._reservations.clear()
-        self._dirty.clear()
-        self._events.clear()
+_Txn = SqliteTxn  # the name the store's steps are typed with
 
 
 class _Request:
@@ -161,12 +36,37 @@ class _Request:
 
     __slots__ = ("done", "durable", "error", "function", "result")
 
-    def __init__(self, function: Callable[[_Txn], Any], durable: bool) -> None:
+    def __init__(self, function: Callable[[SqliteTxn], Any], durable: bool) -> None:
         self.function = function
         self.durable = durable
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = False
+
+
+class _StepFailed(Exception):
+    """One step of a batch raised ``cause`` (not a :class:`ClearError`): it fails alone."""
+
+    def __init__(self, request: _Request, cause: Exception) -> None:
+        super().__init__(repr(cause))
+        self.request = request
+        self.cause = cause
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether SQLite failed because the disk (or the database's size limit) is full (``SQLITE_FULL``)."""
+    return isinstance(exc, sqlite3.OperationalError) and (
+        getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
+    )
+
+
+def _isolable(exc: BaseException) -> bool:
+    """Whether a failure may belong to one step of a batch (a value that cannot be written), rather than to the
+    database (locked, full, I/O, corrupt), so that running the steps one by one fails only the step at fault."""
+    if isinstance(exc, ClearError):
+        return False
+    bad_value = (sqlite3.InterfaceError, sqlite3.ProgrammingError, sqlite3.IntegrityError, sqlite3.DataError)
+    return isinstance(exc, bad_value) or not isinstance(exc, sqlite3.Error)
 
 
 class SQLiteStore:
@@ -180,23 +80,30 @@ class SQLiteStore:
         self._queue: list[_Request] = []
         self._leading = False
         self._durable = True
+        self._wal_full = False
         try:
             self._conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-            self._conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+            self._conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
+            # plain reads (budgets, usage, events, state) on a connection of their own: in WAL mode they read the
+            # last commit without waiting for the write lock, which a batch may be queueing for
+            self._reader = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+            self._reader.execute("PRAGMA query_only=1")
         except sqlite3.Error as exc:
             raise LedgerUnavailable(url, exc) from exc
+        self._read_lock = threading.Lock()
 
-    def _step(self, function: Callable[[_Txn], _T], *, durable: bool = True) -> _T:
+    def _step(self, function: Callable[[SqliteTxn], _T], *, durable: bool = True) -> _T:
         """Run ``function`` atomically and durably, with group commit.
 
         Callers queue their steps; one of them (the leader) runs every queued step in ONE
         ``BEGIN IMMEDIATE`` transaction, in order, then commits (one fsync for the batch) and wakes the
         others. Each step sees the effects of the steps before it. A step that raises a
         :class:`ClearError` (a refusal, an unknown reservation) has changed nothing but lazy expiries and
-        window rolls, so the batch goes on; any other failure rolls the whole batch back.
+        window rolls, so the batch goes on; any other failure of a step fails that step alone (see
+        :meth:`_run_batch`), and only a failure of the database itself fails the whole batch.
 
         A batch with a ``durable`` step (commit, budgets, reset, state) is fsynced before anyone returns
         (``synchronous=FULL``). Reserve, release, expire and balance alone are written to the WAL without
@@ -227,29 +134,96 @@ class SQLiteStore:
 
     def _execute(self, batch: list[_Request]) -> None:
         with self._lock:
-            conn = self._conn
             try:
-                durable = any(request.durable for request in batch)
-                if durable != self._durable:
-                    conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-                    self._durable = durable
-                conn.execute("BEGIN IMMEDIATE")
-                txn = _Txn(conn)
-                for request in batch:
-                    try:
-                        request.result = request.function(txn)
-                    except ClearError as exc:
-                        request.error = exc
-                txn.flush()
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                self._rollback()
-                error = LedgerUnavailable(self.url, exc) if isinstance(exc, sqlite3.Error) else exc
-                for request in batch:
-                    request.error, request.result = error, None
+                self._run_batch(batch)
             finally:
                 for request in batch:
                     request.done = True
+
+    def _run_batch(self, batch: list[_Request]) -> None:
+        """Run the batch in one transaction; a failure fails only the steps it belongs to.
+
+        A step that raises something else than a :class:`ClearError` (a bug, a value no column can take) fails
+        alone: the transaction is rolled back and the batch runs again without it. A write that fails at the
+        end of the batch (a value SQLite cannot bind) is retried step by step, each in its own transaction. A
+        failure of the database itself (locked, full, I/O) fails the whole batch with ``LedgerUnavailable``.
+        """
+        todo, checkpointed = batch, False
+        while todo:
+            try:
+                self._transaction(todo)
+                return
+            except _StepFailed as failed:
+                failed.request.result, failed.request.error = None, LedgerUnavailable(self.url, failed.cause)
+                todo = [request for request in todo if request is not failed.request]
+            except Exception as exc:
+                if _disk_full(exc):
+                    self._disk_was_full()
+                    if not checkpointed and self._checkpoint():  # space came back: once more
+                        checkpointed = True
+                        continue
+                if len(todo) > 1 and _isolable(exc):
+                    for request in todo:
+                        self._run_batch([request])
+                    return
+                error = exc if isinstance(exc, ClearError) else LedgerUnavailable(self.url, exc)
+                for request in todo:
+                    request.error, request.result = error, None
+                return
+            except BaseException as exc:  # KeyboardInterrupt and the like: every caller of the batch sees it
+                for request in todo:
+                    request.error, request.result = exc, None
+                return
+
+    def _transaction(self, batch: list[_Request]) -> None:
+        conn = self._conn
+        if self._wal_full:  # a full disk earlier: give the WAL's space back first, if there is room now
+            self._checkpoint()
+        try:
+            durable = any(request.durable for request in batch)
+            if durable != self._durable:
+                conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                self._durable = durable
+            conn.execute("BEGIN IMMEDIATE")
+            txn = SqliteTxn(conn)
+            for request in batch:
+                request.result = request.error = None  # from an attempt that was rolled back
+                try:
+                    request.result = request.function(txn)
+                except ClearError as exc:
+                    request.error = exc
+                except sqlite3.Error:
+                    raise
+                except Exception as exc:
+                    raise _StepFailed(request, exc) from exc
+            txn.flush()
+            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _disk_was_full(self) -> None:
+        """After a write failed on a full disk: keep the WAL small from now on, and fold it into the database
+        before the next batch (see :meth:`_checkpoint`).
+
+        SQLite checkpoints the WAL once it holds 1000 pages (about 4 MB). On a disk with less room than that,
+        the WAL fills the disk first, and then no checkpoint can run (it needs room for the database to grow),
+        so the ledger would fail forever, even after space is freed, as the WAL eats the freed space first.
+        Checkpointing before the next batch (the moment space is freed, it succeeds and truncates the WAL) and
+        a WAL kept under 256 KB afterwards let it recover as soon as the disk has room again."""
+        self._wal_full = True
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("PRAGMA wal_autocheckpoint=64")
+            self._conn.execute("PRAGMA journal_size_limit=262144")
+
+    def _checkpoint(self) -> bool:
+        """Fold the WAL into the database file and truncate it; True when that worked (room on the disk)."""
+        try:
+            busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error:
+            return False
+        self._wal_full = bool(busy)
+        return not busy
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:
@@ -257,9 +231,9 @@ class SQLiteStore:
                 self._conn.execute("ROLLBACK")
 
     def _read(self, sql: str, parameters: tuple[Any, ...]) -> list[Any]:
-        with self._lock:
+        with self._read_lock:
             try:
-                return self._conn.execute(sql, parameters).fetchall()
+                return self._reader.execute(sql, parameters).fetchall()
             except sqlite3.Error as exc:
                 raise LedgerUnavailable(self.url, exc) from exc
 
@@ -267,8 +241,8 @@ class SQLiteStore:
         self._step(lambda txn: core.set_budget(txn, scope, budget, now))
 
     def get_budget(self, scope: Scope) -> Budget | None:
-        rows = self._read(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE account = ?", (scope.name,))
-        return AccountState(*rows[0]).budget() if rows else None
+        rows = self._read(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account = ?", (scope.name,))
+        return AccountState(*healed(rows[0])).budget() if rows else None
 
     def reserve(
         self, scope: Scope, tokens: int, minimum: int | None, lease: float, rid: str, now: float
@@ -282,7 +256,7 @@ class SQLiteStore:
         return self._step(lambda txn: core.release(txn, rid, now), durable=False)
 
     def expire(self, now: float) -> int:
-        def sweep(txn: _Txn) -> int:
+        def sweep(txn: SqliteTxn) -> int:
             tenants = self._conn.execute(
                 "SELECT DISTINCT tenant FROM reservations WHERE state = 'held' AND expires <= ?", (now,)
             ).fetchall()
@@ -318,10 +292,10 @@ class SQLiteStore:
             if scope.name != scope.tenant:
                 where.append("account = ?")
                 parameters.append(scope.name)
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq DESC"
+        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq DESC"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return [_event(row) for row in reversed(self._read(sql, tuple(parameters)))]
+        return [event(row) for row in reversed(self._read(sql, tuple(parameters)))]
 
     def reset(self, scope: Scope, now: float) -> None:
         self._step(lambda txn: core.reset(txn, scope, now))
@@ -331,7 +305,7 @@ class SQLiteStore:
         return (json.loads(rows[0][0]), int(rows[0][1])) if rows else (None, 0)
 
     def set_state(self, pool: str, value: str, expected_version: int) -> bool:
-        def swap(_: _Txn) -> bool:
+        def swap(_: SqliteTxn) -> bool:
             row = self._conn.execute("SELECT version FROM state WHERE pool = ?", (pool,)).fetchone()
             if (0 if row is None else int(row[0])) != expected_version:
                 return False
@@ -342,6 +316,8 @@ class SQLiteStore:
         return self._step(swap)
 
     def close(self) -> None:
-        """Close the connection (a checkpoint leaves the WAL folded into the database file)."""
+        """Close the connections (a checkpoint leaves the WAL folded into the database file)."""
+        with self._read_lock:
+            self._reader.close()
         with self._lock:
             self._conn.close()

@@ -32,7 +32,16 @@ def parse_ledger_url(url: Any) -> LedgerURL:
     if scheme == "sqlite":
         if not rest.startswith("/") or len(rest) < 2 or "?" in rest:
             raise InvalidLedgerURL("url", url, "must be sqlite:///relative/path.db or sqlite:////absolute/path.db")
-        return LedgerURL("sqlite", rest[1:])
+        path = rest[1:]
+        if "\x00" in path:
+            raise InvalidLedgerURL("url", url, "a file path cannot hold a NUL character")
+        if path.strip() == ":memory:" or path.startswith("file:"):
+            raise InvalidLedgerURL(
+                "url", url, "an in-memory SQLite database belongs to the one connection that made it, so two ledgers"
+                " opened on this URL would not share budgets: use memory://name for a ledger shared in this process,"
+                " or sqlite:///path.db for a file",
+            )
+        return LedgerURL("sqlite", path)
     if scheme in ("redis", "rediss"):
         return LedgerURL("redis", url)
     raise InvalidLedgerURL("url", url, f"unknown ledger scheme {scheme!r}: use memory://, sqlite:/// or redis://")

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import InvalidBudget
 
-__all__ = ["WINDOW_UNITS", "parse_window", "window_bounds"]
+__all__ = ["WINDOW_UNITS", "format_window", "parse_window", "window_bounds"]
 
 #: Seconds per unit letter accepted in a window string.
 WINDOW_UNITS: dict[str, int] = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
@@ -34,6 +34,16 @@ def parse_window(value: Any, field: str = "window") -> int:
     if seconds > _MAX_SECONDS:
         raise InvalidBudget(field, value, "must be at most 100 years")
     return seconds
+
+
+def format_window(seconds: int) -> str:
+    """The window string of a length in seconds, in the largest unit that divides it (``31536000`` is
+    ``"365d"``, ``604800`` is ``"1w"``): :func:`parse_window` reads it back to the same length, for every
+    length it accepts (a count of seconds alone may not: at most 7 digits are read)."""
+    for unit in ("w", "d", "h", "m"):
+        if seconds % WINDOW_UNITS[unit] == 0:
+            return f"{seconds // WINDOW_UNITS[unit]}{unit}"
+    return f"{seconds}s"
 
 
 def window_bounds(seconds: int, now: float) -> tuple[int, int]:

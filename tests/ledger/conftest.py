@@ -117,6 +117,17 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 
 
 @pytest.fixture
+def redis_backend(tmp_path: Path) -> Iterator[Backend]:
+    """The Redis backend alone (a unique key prefix, deleted afterwards), for Redis-only behaviour."""
+    require_redis()
+    made = Backend("redis", REDIS_URL, prefix=unique_prefix())
+    yield made
+    for ledger in made.opened:
+        ledger.close()
+    delete_prefix(made.prefix)
+
+
+@pytest.fixture
 def shared_backend(backend: Backend) -> Backend:
     """A backend several processes can share (SQLite, Redis)."""
     if not backend.shared:

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -27,30 +21,9 @@ from clear_integrations.ledger.failover import (
 )
 
 from .conftest import FakeClock
+from .faults import Flaky, RedisServer, redis_server_for
 
 CLOSED_PORT = "redis://127.0.0.1:1/0"
-
-
-class Flaky:
-    """A store proxy that raises LedgerUnavailable while ``down`` (and counts the calls that reach it)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.url = inner.url
-        self.down = False
-        self.calls = 0
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self.inner, name)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if name != "close":
-                self.calls += 1
-                if self.down:
-                    raise LedgerUnavailable(self.url, "connection refused (test)")
-            return method(*args, **kwargs)
-
-        return call
 
 
 @pytest.fixture
@@ -263,53 +236,9 @@ def test_bad_settings_name_the_field(flaky: tuple[Ledger, Flaky]) -> None:
 # ------------------------------------------------------------ a real Redis server, killed and restarted
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    """A private redis-server with AOF (fsync always) in a temp dir, killable and restartable on its port."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.port = folder, _free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
-        command += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is required in CI")
-        pytest.skip("redis-server is not installed")
-    pytest.importorskip("redis")
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    if server.process is not None and server.process.poll() is None:
-        server.kill()
+    yield from redis_server_for(tmp_path)
 
 
 @pytest.mark.slow

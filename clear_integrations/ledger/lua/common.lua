@@ -12,6 +12,14 @@ local function int(n)
   return string.format('%d', n)
 end
 
+-- add `delta` tokens to an account's held counter. Never HINCRBY a Lua number as such: Redis rejects the
+-- text of a negative zero ('-0', from -r[3] of a 0-token reservation), which bricked the tenant for good
+local function hold(name, delta)
+  if delta ~= 0 then
+    redis.call('HINCRBY', K_ACC, name .. '|hd', int(delta))
+  end
+end
+
 -- the accounts a scope holds on: {tenant} or {tenant, tenant/session}
 local function path(scope)
   local slash = string.find(scope, '/', 1, true)
@@ -63,7 +71,7 @@ local function expire_due()
     local r = raw and cjson.decode(raw)
     if r and r[1] == 'held' then
       for _, name in ipairs(path(r[2])) do
-        redis.call('HINCRBY', K_ACC, name .. '|hd', -r[3])
+        hold(name, -r[3])
       end
       r[8] = r[3]
       close(rid, r, 'expired')

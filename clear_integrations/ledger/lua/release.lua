@@ -8,7 +8,7 @@ local r = cjson.decode(raw)
 if r[1] == 'released' then return {1, r[8]} end
 if r[1] ~= 'held' then return {1, 0} end
 for _, name in ipairs(path(r[2])) do
-  redis.call('HINCRBY', K_ACC, name .. '|hd', -r[3])
+  hold(name, -r[3])
 end
 r[8] = r[3]
 close(rid, r, 'released')

@@ -49,7 +49,7 @@ for _, a in ipairs(accounts) do
     if o > grant then o = grant end
     if o > over then over = o end
   end
-  redis.call('HINCRBY', K_ACC, a.name .. '|hd', grant)
+  hold(a.name, grant)
 end
 redis.call('HSET', K_RES, rid, cjson.encode({'held', scope, grant, tokens, NOW_S, expires, 0, 0, 0, ''}))
 redis.call('ZADD', K_LEASE, expires, rid)
