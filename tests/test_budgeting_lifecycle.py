@@ -317,3 +317,8 @@ async def test_an_async_stream_dropped_unclosed_gives_its_hold_back() -> None:
     for _ in range(20):
         await asyncio.sleep(0)
     assert ledger.balance("acme").held == 0 and ledger.usage("acme").completion == 1
+
+
+def test_a_call_that_asks_for_fewer_tokens_than_min_tokens_gets_them(ledger: Ledger) -> None:
+    decision = BudgetController(ledger, BudgetPolicy(max_tokens=1, min_tokens=10)).begin("acme", "q", prompt_tokens=5)
+    assert not decision.abandoned and decision.max_tokens == 1  # a one-token classifier is a request, not a trap

@@ -66,3 +66,13 @@ def test_named_ids_are_checked_not_rewritten() -> None:
         pass
     with pytest.raises(InvalidAccount):
         Payer("acme", "two words").checked()
+
+
+def test_a_tenant_is_one_id_not_a_path() -> None:
+    with pytest.raises(InvalidAccount, match="tenant"):
+        Payer("acme/evil").checked()  # refused, not read as acme's session "evil"
+    with pytest.raises(InvalidAccount, match="tenant"):
+        Payer(None, "s1").checked()  # type: ignore[arg-type]
+    with pytest.raises(InvalidAccount, match="session"):
+        Payer("acme", "a/b").checked()
+    assert Payer("acme", "s1").checked().scope == "acme/s1"

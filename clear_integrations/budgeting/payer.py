@@ -53,9 +53,15 @@ class Payer:
     def scope(self) -> str:
         return self.tenant if self.session is None else f"{self.tenant}/{self.session}"
 
-    def checked(self, field: str = "tenant/session") -> Payer:
-        """This payer, after checking that its ids are valid account ids (:class:`InvalidAccount` names ``field``)."""
-        parse_scope(self.scope, field)
+    def checked(self, field: str = "tenant") -> Payer:
+        """This payer, after checking that its ids are valid account ids, one segment each (:class:`InvalidAccount`
+        names ``field``, or ``session``): ``tenant="acme/evil"`` is refused, not read as acme's session."""
+        for name, value in ((field, self.tenant), ("session", self.session)):
+            if value is None and name == "session":
+                continue
+            if not isinstance(value, str) or "/" in value:
+                raise InvalidAccount(name, value, "must be one account id such as 'acme' (a string without '/')")
+            parse_scope(value, name)
         return self
 
 

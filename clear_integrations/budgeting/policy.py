@@ -20,7 +20,8 @@ class BudgetPolicy:
       on pricing: caps and abandonment by the shadow price, a funded query paying its prompt on top of its cap.
     - ``max_tokens`` caps every call (``None``: the caller's or the model's own cap, or what the budget has left).
     - ``min_tokens``: a call that can be granted fewer completion tokens than this is abandoned instead (a 2-token
-      answer is not worth paying its whole prompt for).
+      answer is not worth paying its whole prompt for); a call that asks for fewer (``max_tokens=4``) needs only
+      those.
     - ``reserve_tokens``: completion tokens held for a call that nothing caps (no ``max_tokens`` from the caller, the
       model or the policy). Under a hard budget the call is capped at what it holds, so the budget is never passed;
       with no hard budget on its accounts it runs uncapped, and only usage is counted.
@@ -48,6 +49,7 @@ class BudgetPolicy:
         check_rate("wait", self.wait)
         if self.max_tokens is not None:
             check_tokens("max_tokens", self.max_tokens, minimum=1)
+
 
     @property
     def priced(self) -> bool:

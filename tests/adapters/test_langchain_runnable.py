@@ -233,3 +233,18 @@ async def test_astream_events_sees_the_real_model_run() -> None:
     end = next(e for e in events if e["event"] == "on_chat_model_end")
     assert end["data"]["output"].response_metadata["clear_max_tokens"] == 4
     assert ledger.balance("acme").spent == 1 + 4
+
+
+def test_bad_wrapper_arguments_fail_at_construction_naming_the_field() -> None:
+    from clear_integrations import InvalidAccount, InvalidInput
+
+    ledger = open_ledger("memory://")
+    chain = PROMPT | MeteredFakeChatModel()
+    with pytest.raises(InvalidAccount, match="tenant"):
+        ClearBudget(chain, ledger=ledger, tenant=None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidAccount, match="tenant"):
+        ClearBudget(chain, ledger=ledger, tenant="acme/evil")
+    with pytest.raises(InvalidInput, match="ledger"):
+        ClearBudget(chain, ledger="memory://", tenant="acme")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="on_abandon"):
+        ClearBudget(chain, ledger=ledger, tenant="acme", on_abandon=3)  # type: ignore[arg-type]

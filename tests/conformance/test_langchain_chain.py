@@ -52,9 +52,7 @@ async def test_budgeted_model_streamed_through_a_chain_read_lazily(book: Book, m
     model = MeteredFakeChatModel(response_tokens=300)
     chain = PROMPT | budgeted(model, ledger=book.ledger, tenant="acme") | StrOutputParser()
     question = {"context": "none", "question": "stream it"}
-    if mode == "sync":
-        pieces = list(chain.stream(question))
-    else:
-        pieces = [piece async for piece in chain.astream(question)]
+    sync = mode == "sync"
+    pieces = list(chain.stream(question)) if sync else [piece async for piece in chain.astream(question)]
     assert 0 < len(pieces) <= 400
     book.audit([model], paid=["acme"])

@@ -90,7 +90,7 @@ async def test_a_tool_call_the_budget_would_cut_raises_instead_of_returning_none
     chain = PROMPT | llm.with_structured_output(Verdict)
     await _run(chain, mode, "the sky is blue")
     messages = PROMPT.invoke({"claim": "the sky is blue"}).to_messages()
-    held_for_prompt = llm._wired.prompt(messages, [convert_to_openai_tool(Verdict)])[0]  # as the budgeted model counts it
+    held_for_prompt = llm._wired.prompt(messages, [convert_to_openai_tool(Verdict)])[0]  # as the model counts it
     assert held_for_prompt >= model.calls[0].prompt_tokens
     book.budget("acme", book.ledger.usage("acme").total + held_for_prompt + 3)  # 3 tokens for the answer
     left = book.ledger.balance("acme").remaining

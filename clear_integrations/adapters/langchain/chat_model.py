@@ -41,7 +41,7 @@ from ...ledger import Balance, Usage
 from ...ledger.accounts import parse_scope
 from .caps import capped, split_cap
 from .chunks import Reader, as_chunk, atagged, charged, chunks_of, finish_reason, tagged, usage_metadata
-from .proxy import BUDGETED_TAG, Proxy, Wiring
+from .proxy import Proxy, Wiring, inherited
 from .runnables import replace_runnable
 from .usage import (
     generation_text,
@@ -112,11 +112,7 @@ class BudgetedChatModel(Proxy, BaseChatModel):
             return model
         proxy = cls(
             model=model,
-            callbacks=model.callbacks,
-            tags=[*(model.tags or []), BUDGETED_TAG],
-            metadata=model.metadata,
-            verbose=model.verbose,
-            cache=model.cache,
+            **inherited(model),
             rate_limiter=model.rate_limiter,
             disable_streaming=model.disable_streaming,
             output_version=model.output_version,

@@ -24,7 +24,7 @@ from ...budgeting.continuation import joined_text
 from ...budgeting.streams import astream, stream
 from ...ledger import Usage
 from .caps import capped, split_cap
-from .proxy import BUDGETED_TAG, Proxy, Wiring
+from .proxy import Proxy, Wiring, inherited
 from .usage import usage_of_result
 
 __all__ = ["BudgetedLLM"]
@@ -53,16 +53,7 @@ class BudgetedLLM(Proxy, BaseLLM):
         """``model`` budgeted by ``spender`` (a model already budgeted is returned as it is)."""
         if isinstance(model, BudgetedLLM):
             return model
-        proxy = cls(
-            model=model,
-            callbacks=model.callbacks,
-            tags=[*(model.tags or []), BUDGETED_TAG],
-            metadata=model.metadata,
-            verbose=model.verbose,
-            cache=model.cache,
-            tenant_key=tenant_key,
-            session_key=session_key,
-        )
+        proxy = cls(model=model, **inherited(model), tenant_key=tenant_key, session_key=session_key)
         proxy._state = Wiring.of(model, spender)
         return proxy
 

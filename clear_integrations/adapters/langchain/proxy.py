@@ -25,7 +25,7 @@ from ...tokens import count_tokens
 from .payer import payer_of, pinned, resolve
 from .usage import PromptCounter, model_name, model_tokenizer, prompt_counter
 
-__all__ = ["BUDGETED_TAG", "Proxy", "Wiring"]
+__all__ = ["BUDGETED_TAG", "Proxy", "Wiring", "inherited"]
 
 #: Runs of budgeted models carry this tag; ``ClearCallbackHandler`` skips them (they are on the ledger already).
 BUDGETED_TAG = "clear:budgeted"
@@ -91,6 +91,18 @@ class Wiring:
         exact = own is not None or not count_tokens("", model=name).estimated
         return cls(spender, prompt_counter(model), lambda text: count_tokens(text, model=name, tokenizer=own).tokens,
                    exact)  # fmt: skip
+
+
+def inherited(model: BaseLanguageModel[Any]) -> dict[str, Any]:
+    """What a budgeted model takes over from the model it wraps: its callbacks, tags (plus :data:`BUDGETED_TAG`),
+    metadata, verbosity and cache, so LangChain runs it as it ran the wrapped model."""
+    return {
+        "callbacks": model.callbacks,
+        "tags": [*(model.tags or []), BUDGETED_TAG],
+        "metadata": model.metadata,
+        "verbose": model.verbose,
+        "cache": model.cache,
+    }
 
 
 class Proxy:

@@ -75,7 +75,6 @@ from pydantic import PrivateAttr
 
 from ...errors import BudgetExceeded, ClearError, ClearWarning, LedgerUnavailable
 from ...ledger import DEFAULT_LEASE, Ledger, Usage
-from ...ledger.accounts import parse_scope
 from ...tokens import count_tokens
 from .scope import BUDGETED_TAG, Payer, current_payer
 from .spans import SpanTree, TrackedCall, completion_text, prompt_text
@@ -132,7 +131,7 @@ class ClearEventHandler(BaseEventHandler):
         super().__init__(ledger=ledger, tenant=tenant, session=session, lease=lease, stale_after=stale_after)
         self._clock = clock or time.monotonic
         self._spans._returned_stream = self._returned_stream
-        parse_scope(Payer(tenant, session).scope, "tenant")
+        Payer(tenant, session).checked()
 
     @classmethod
     def class_name(cls) -> str:
