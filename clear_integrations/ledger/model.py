@@ -68,6 +68,17 @@ class Usage:
     estimated: bool = False
 
     def __post_init__(self) -> None:
+        prompt, completion, reasoning = self.prompt, self.completion, self.reasoning
+        if (  # the common case, checked in one go: plain ints in range (a usage is made on every call)
+            type(prompt) is int
+            and type(completion) is int
+            and type(reasoning) is int
+            and 0 <= reasoning <= completion
+            and prompt >= 0
+            and prompt + completion <= MAX_TOKENS
+            and type(self.estimated) is bool
+        ):
+            return
         for field in ("prompt", "completion", "reasoning"):  # plain ints, whatever integer type was given
             tokens = _bounded(f"usage.{field}", getattr(self, field), minimum=0, error=InvalidUsage)
             object.__setattr__(self, field, tokens)

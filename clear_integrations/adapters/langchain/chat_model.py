@@ -126,9 +126,9 @@ class BudgetedChatModel(Proxy, BaseChatModel):
     # -- what LangChain asks of a chat model -------------------------------------------------------------------------
 
     def _should_stream(self, *, async_api: bool, run_manager: Any = None, **kwargs: Any) -> bool:
-        if not self.model._should_stream(async_api=async_api, run_manager=run_manager, **kwargs):
-            return False
-        return super()._should_stream(async_api=async_api, run_manager=run_manager, **kwargs)
+        """As the wrapped model would decide: whether it can stream, its ``streaming`` and ``disable_streaming``
+        settings, a streaming callback handler in the run."""
+        return bool(self.model._should_stream(async_api=async_api, run_manager=run_manager, **kwargs))
 
     def bind_tools(self, tools: Sequence[Any], *, tool_choice: str | None = None, **kwargs: Any) -> Runnable[Any, Any]:
         """The wrapped model's ``bind_tools``, bound to this budgeted model (its tool formats, its options)."""

@@ -30,6 +30,7 @@ anything else          the first of ``max_tokens``, ``max_output_tokens``, ``max
 from __future__ import annotations
 
 import warnings
+from functools import cache
 from typing import Any
 
 from llama_index.core.llms.llm import LLM
@@ -37,7 +38,16 @@ from llama_index.core.llms.llm import LLM
 from ...errors import ClearWarning
 from ...validation import check_tokens
 
-__all__ = ["CAP_FIELDS", "CAP_KWARGS", "LOW_EFFORT_BELOW", "cap_kwargs", "cap_llm", "current_cap", "user_set_cap"]
+__all__ = [
+    "CAP_FIELDS",
+    "CAP_KWARGS",
+    "LOW_EFFORT_BELOW",
+    "cap_kwargs",
+    "cap_llm",
+    "capped",
+    "current_cap",
+    "user_set_cap",
+]
 
 CAP_FIELDS = ("max_tokens", "max_output_tokens", "max_completion_tokens", "max_new_tokens", "num_output", "num_predict")
 #: per-call keywords read as the caller's requested cap (they are removed from the call: the cap travels in the field)
@@ -51,11 +61,16 @@ _OPENAI_KWARG_CAPS = ("max_tokens", "max_completion_tokens")
 
 def _kind(llm: LLM) -> str:
     """The provider family, from the class and its bases (so subclasses of a provider class are treated alike)."""
-    names = {cls.__name__ for cls in type(llm).__mro__}
+    return _family(type(llm))
+
+
+@cache
+def _family(cls: type) -> str:
+    names = {base.__name__ for base in cls.__mro__}
     for kind in ("LlamaCPP", "Ollama", "Anthropic", *_OPENAI):
         if kind in names:
             return "OpenAI" if kind in _OPENAI else kind
-    return type(llm).__name__
+    return cls.__name__
 
 
 def _positive(value: Any) -> int | None:
@@ -159,3 +174,15 @@ def cap_llm(llm: LLM, cap: int) -> LLM:
 def cap_kwargs(llm: LLM, cap: int) -> dict[str, Any]:
     """Per-call keywords that carry ``cap`` to an LLM with no cap field (``{}`` when :func:`cap_llm` handles it)."""
     return {} if _update(llm, cap) is not None else {"max_tokens": cap}
+
+
+def capped(llm: LLM, cap: int | None) -> tuple[LLM, dict[str, Any]]:
+    """The LLM to call for a call capped at ``cap`` (``None``: as it is) and the per-call keywords it needs: a copy
+    with the cap in its provider's field, or the LLM itself and a ``max_tokens`` keyword (:func:`cap_llm`'s
+    warning) when it has no known field."""
+    if cap is None:
+        return llm, {}
+    update = _update(llm, check_tokens("cap", cap, minimum=1))
+    if update is None:
+        return cap_llm(llm, cap), {"max_tokens": cap}
+    return llm.model_copy(update=update), {}

@@ -33,6 +33,7 @@ Async paths use ``async_ledger`` when given; otherwise the ledger runs in worker
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.llms.types import (
@@ -68,7 +69,7 @@ from ...estimators.base import Estimator
 from ...ledger import AsyncLedger, Ledger
 from ...tokens import count_tokens
 from .calls import Call, continuation, fallback, joined
-from .caps import CAP_KWARGS, cap_kwargs, cap_llm, current_cap, user_set_cap
+from .caps import CAP_KWARGS, capped, current_cap, user_set_cap
 from .chunks import Reader, atagged, tagged
 from .responses import install_response_handler, record_abandoned, record_stream
 from .scope import budget_tags, current_payer
@@ -94,6 +95,13 @@ _SETTINGS = (
 
 def _positive(value: Any) -> int | None:
     return value if type(value) is int and value > 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Wiring:
+    spender: Spender
+    tokenizer: Callable[[str], int] | None
+    model_name: str | None
 
 
 class ClearBudgetLLM(FunctionCallingLLM):
@@ -122,9 +130,7 @@ class ClearBudgetLLM(FunctionCallingLLM):
     tenant: str = Field(description="The tenant that pays by default.")
     session: str | None = Field(default=None, description="The session that pays by default.")
 
-    _spender: Spender = PrivateAttr()
-    _tokenizer: Callable[[str], int] | None = PrivateAttr(default=None)
-    _model_name: str | None = PrivateAttr(default=None)
+    _state: _Wiring = PrivateAttr()
 
     def __init__(
         self,
@@ -153,10 +159,14 @@ class ClearBudgetLLM(FunctionCallingLLM):
         super().__init__(llm=llm, tenant=tenant, session=session, **{**settings, **kwargs})
         if "callback_manager" in kwargs:
             llm.callback_manager = self.callback_manager
-        self._spender = spender
-        self._tokenizer = tokenizer if tokenizer is not None else llm_tokenizer(llm)
-        self._model_name = llm_model_name(llm)
+        self._state = _Wiring(spender, tokenizer if tokenizer is not None else llm_tokenizer(llm), llm_model_name(llm))
         install_response_handler()
+
+    @property
+    def _wired(self) -> _Wiring:
+        """The spender and the counting, fixed at construction (read from pydantic's private storage directly: a hot
+        path)."""
+        return self.__pydantic_private__["_state"]  # type: ignore[index,no-any-return]
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
@@ -170,12 +180,12 @@ class ClearBudgetLLM(FunctionCallingLLM):
     @property
     def ledger(self) -> Ledger:
         """The ledger the calls spend on."""
-        return self._spender.ledger
+        return self._wired.spender.ledger
 
     @property
     def policy(self) -> BudgetPolicy:
         """The policy that decides each call."""
-        return self._spender.policy
+        return self._wired.spender.policy
 
     @property
     def metadata(self) -> LLMMetadata:
@@ -228,7 +238,7 @@ class ClearBudgetLLM(FunctionCallingLLM):
     # -- translation: one call, its model calls, its answer ---------------------------------------------------
 
     def _count(self, text: str) -> int:
-        return count_tokens(text, model=self._model_name, tokenizer=self._tokenizer).tokens
+        return count_tokens(text, model=self._wired.model_name, tokenizer=self._wired.tokenizer).tokens
 
     def _call(self, kwargs: dict[str, Any], *, messages: Sequence[ChatMessage] | None = None, prompt: str = "") -> Call:
         """A call made now: its payer resolved now; tool schemas count toward the prompt (as providers count them)
@@ -242,12 +252,12 @@ class ClearBudgetLLM(FunctionCallingLLM):
             ceiling = own
         found = [cap for cap in caps if cap is not None]
         rest = {key: value for key, value in kwargs.items() if key not in CAP_KWARGS}
-        exact = self._tokenizer is not None
+        exact = self._wired.tokenizer is not None
         tools = rest.get("tools")
         text = prompt if messages is None else prompt_of_messages(self.llm, messages, exact=exact)
         counted = text + ("\n" + str(tools) if tools and not exact else "")
         payer = current_payer(Payer(self.tenant, self.session))
-        shown = text if self._spender.policy.estimator is not None else ""
+        shown = text if self._wired.spender.policy.estimator is not None else ""
         request = Request(
             payer.scope,
             shown,
@@ -267,18 +277,14 @@ class ClearBudgetLLM(FunctionCallingLLM):
         template = self.llm.completion_to_prompt
         return self._call(kwargs, prompt=prompt if formatted or template is None else str(template(prompt)))
 
-    def _target(self, decision: Decision) -> tuple[LLM, dict[str, Any]]:
-        cap = decision.max_tokens
-        return (self.llm, {}) if cap is None else (cap_llm(self.llm, cap), cap_kwargs(self.llm, cap))
-
     def _generated(self, call: Call, op: Generate, response: Response) -> Generated:
         decision = op.decision
         usage = usage_from_response(
             response,
             prompt_tokens=decision.prompt_tokens,
             prompt_estimated=decision.prompt_estimated,
-            model=self._model_name,
-            tokenizer=self._tokenizer,
+            model=self._wired.model_name,
+            tokenizer=self._wired.tokenizer,
         )
         tool_call = isinstance(response, ChatResponse) and any(
             isinstance(block, ToolCallBlock) for block in response.message.blocks
@@ -295,14 +301,14 @@ class ClearBudgetLLM(FunctionCallingLLM):
             again = self._count(
                 following
                 if isinstance(following, str)
-                else prompt_of_messages(self.llm, following, exact=self._tokenizer is not None)
+                else prompt_of_messages(self.llm, following, exact=self._wired.tokenizer is not None)
             )
         return Generated(response, usage, cut, again)
 
     def _sending(self, call: Call, op: Generate) -> tuple[LLM, Any, dict[str, Any]]:
         """The capped LLM, what to send (the caller's messages or formatted prompt, or a continuation), and the
         keywords (a completion is always sent formatted: ``call.prompt`` is already what the LLM would send)."""
-        target, extra = self._target(op.decision)
+        target, extra = capped(self.llm, op.decision.max_tokens)
         sent = continuation(call, op.outputs) if op.outputs else call.messages if call.chat else call.prompt
         return target, sent, {**call.rest, **extra} if call.chat else {**call.rest, **extra, "formatted": True}
 
@@ -325,7 +331,7 @@ class ClearBudgetLLM(FunctionCallingLLM):
         record_abandoned(decision)
         if is_strict():  # structured prediction: a fallback text is not the schema asked for (.structured)
             raise decision.error()
-        return fallback(self._spender.on_abandon, decision, chat=chat, stream=stream)
+        return fallback(self._wired.spender.on_abandon, decision, chat=chat, stream=stream)
 
     def _answer(self, call: Call, outcome: Outcome) -> Any:
         decision = outcome.decision
@@ -338,18 +344,18 @@ class ClearBudgetLLM(FunctionCallingLLM):
         return response
 
     def _run(self, call: Call) -> Any:
-        return self._answer(call, self._spender.sync.call(call.request, lambda op: self._send(call, op)))
+        return self._answer(call, self._wired.spender.sync.call(call.request, lambda op: self._send(call, op)))
 
     async def _arun(self, call: Call) -> Any:
         async def send(op: Generate) -> Generated:
             return await self._asend(call, op)
 
-        return self._answer(call, await self._spender.asynchronous.call(call.request, send))
+        return self._answer(call, await self._wired.spender.asynchronous.call(call.request, send))
 
     # -- streams ------------------------------------------------------------------------------------------------
 
     def _meter(self, decision: Decision) -> StreamMeter:
-        return StreamMeter(decision.max_tokens, self._count, exact=self._tokenizer is not None)
+        return StreamMeter(decision.max_tokens, self._count, exact=self._wired.tokenizer is not None)
 
     def _stream(self, call: Call) -> Iterator[Any]:
         def open_stream(decision: Decision) -> Iterator[Response]:
@@ -361,7 +367,7 @@ class ClearBudgetLLM(FunctionCallingLLM):
         def abandoned(decision: Decision) -> Any:
             return self._abandoned(decision, chat=call.chat, stream=True)
 
-        chunks = stream(self._spender.sync, call.request, open_stream, Reader(), abandoned, self._meter)
+        chunks = stream(self._wired.spender.sync, call.request, open_stream, Reader(), abandoned, self._meter)
         record_stream(chunks)  # a streaming query's response closes it with its own stream (.responses)
         return chunks
 
@@ -379,7 +385,7 @@ class ClearBudgetLLM(FunctionCallingLLM):
         def abandoned(decision: Decision) -> Any:
             return self._abandoned(decision, chat=call.chat, stream=True)
 
-        chunks = astream(self._spender.asynchronous, call.request, open_stream, Reader(), abandoned, self._meter)
+        chunks = astream(self._wired.spender.asynchronous, call.request, open_stream, Reader(), abandoned, self._meter)
         record_stream(chunks)
         return chunks
 
