@@ -124,8 +124,11 @@ def run_sync(
         reply, error = None, None
         try:
             if isinstance(op, Generate):
-                with generating(op.decision):
+                token = _generating.set(op.decision)  # as generating(), without a context manager on the hot path
+                try:
                     reply = generate(op)
+                finally:
+                    _generating.reset(token)
             elif isinstance(op, Sleep):
                 sleep(op.seconds)
             else:
