@@ -20,9 +20,10 @@ Each call (chat, completion, stream, sync or async) runs the lifecycle of :mod:`
 
 Streams decide lazily, on their first ``next()``, but their payer is the one in force when the stream was created.
 
-Events. ``ClearBudgetLLM``'s own methods are **not** decorated with ``llm_chat_callback``: the wrapped LLM's
-decorated methods emit the LLM events (legacy callbacks and instrumentation) exactly as they would without the
-wrapper, so a handler (``TokenCountingHandler``, ``ClearEventHandler``) sees one user call once. A callback manager
+Events. ``ClearBudgetLLM``'s own methods are **not** decorated with ``llm_chat_callback`` and open no
+instrumentation span: the wrapped LLM's decorated methods emit the LLM events (legacy callbacks and
+instrumentation) and the span exactly as they would without the wrapper, so a handler (``TokenCountingHandler``,
+``ClearEventHandler``) or a tracer sees one user call once. A callback manager
 set on the wrapper after it was built (``Settings.callback_manager`` through ``Settings.llm``, a synthesizer's or
 engine's ``callback_manager=``) is set on the wrapped LLM too. The inner events carry the instrumentation tags
 ``clear_budgeted=True``, ``clear_tenant``, ``clear_session`` and ``clear_reservation``.
