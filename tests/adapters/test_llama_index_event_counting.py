@@ -45,16 +45,6 @@ def ledger() -> Ledger:
     return open_ledger("memory://")
 
 
-@pytest.fixture
-def handler(ledger: Ledger) -> Iterator[ClearEventHandler]:
-    """A handler on the root dispatcher for one test; both of its handlers are removed after it."""
-    dispatcher = get_dispatcher()
-    before = list(dispatcher.event_handlers), list(dispatcher.span_handlers)
-    with ClearEventHandler.install(ledger, tenant="acme") as installed:
-        yield installed
-    assert (dispatcher.event_handlers, dispatcher.span_handlers) == before
-
-
 def user(text: str) -> list[ChatMessage]:
     return [ChatMessage(role=MessageRole.USER, content=text)]
 

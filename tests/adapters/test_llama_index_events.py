@@ -38,16 +38,6 @@ def ledger() -> Ledger:
     return open_ledger("memory://")
 
 
-@pytest.fixture
-def handler(ledger: Ledger) -> Iterator[ClearEventHandler]:
-    """A handler on the root dispatcher for one test, always removed after it (the dispatcher is global)."""
-    dispatcher = get_dispatcher()
-    before = list(dispatcher.event_handlers), list(dispatcher.span_handlers)
-    with ClearEventHandler.install(ledger, tenant="acme") as installed:
-        yield installed
-    assert (dispatcher.event_handlers, dispatcher.span_handlers) == before
-
-
 def add(a: int, b: int) -> int:
     """Add two integers."""
     return a + b

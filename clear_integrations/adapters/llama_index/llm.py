@@ -49,7 +49,7 @@ from llama_index.core.base.llms.types import (
     ToolCallBlock,
 )
 from llama_index.core.llms.function_calling import FunctionCallingLLM
-from llama_index.core.llms.llm import LLM, ToolSelection
+from llama_index.core.llms.llm import LLM
 from llama_index_instrumentation.dispatcher import DISPATCHER_SPAN_DECORATED_ATTR
 from pydantic import Field, PrivateAttr
 
@@ -66,7 +66,6 @@ from ...budgeting import (
     StreamMeter,
 )
 from ...budgeting.streams import astream, stream
-from ...errors import Unsupported
 from ...estimators.base import Estimator
 from ...ledger import AsyncLedger, Ledger
 from ...tokens import count_tokens
@@ -76,10 +75,11 @@ from .chunks import Reader, atagged, tagged
 from .responses import install_response_handler, record_abandoned, record_stream
 from .scope import budget_tags, current_payer
 from .structured import astrict_stream, is_strict, strict_stream, strictly
+from .tools import WrappedTools
 from .usage import finish_reason, llm_model_name, llm_tokenizer, prompt_of_messages, usage_from_response
 
 if TYPE_CHECKING:
-    from llama_index.core.tools.types import BaseTool
+    pass
 
 __all__ = ["ClearBudgetLLM"]
 
@@ -116,7 +116,7 @@ class _Wiring:
     model_name: str | None
 
 
-class ClearBudgetLLM(FunctionCallingLLM):
+class ClearBudgetLLM(WrappedTools, FunctionCallingLLM):
     """Wrap ``llm`` so that every call is decided, capped and accounted for on ``ledger`` (module docstring).
 
     Args:
@@ -205,47 +205,6 @@ class ClearBudgetLLM(FunctionCallingLLM):
         meta = self.llm.metadata
         calling = isinstance(self.llm, FunctionCallingLLM) and meta.is_function_calling_model
         return meta.model_copy(update={"is_function_calling_model": calling})
-
-    # -- tools: the wrapped LLM's own formats ----------------------------------------------------------------
-
-    def _calling(self) -> FunctionCallingLLM:
-        if not isinstance(self.llm, FunctionCallingLLM):
-            raise Unsupported("llm", type(self.llm).__name__, "is not a FunctionCallingLLM: it cannot call tools")
-        return self.llm
-
-    def _prepare_chat_with_tools(
-        self,
-        tools: Sequence[BaseTool],
-        user_msg: str | ChatMessage | None = None,
-        chat_history: list[ChatMessage] | None = None,
-        verbose: bool = False,
-        allow_parallel_tool_calls: bool = False,
-        tool_required: bool = False,
-        **kwargs: Any,
-    ) -> dict[str, Any]:
-        return self._calling()._prepare_chat_with_tools_compat(
-            tools,
-            user_msg=user_msg,
-            chat_history=chat_history,
-            verbose=verbose,
-            allow_parallel_tool_calls=allow_parallel_tool_calls,
-            tool_required=tool_required,
-            **kwargs,
-        )
-
-    def _validate_chat_with_tools_response(
-        self, response: ChatResponse, tools: Sequence[BaseTool], allow_parallel_tool_calls: bool = False, **kwargs: Any
-    ) -> ChatResponse:
-        return self._calling()._validate_chat_with_tools_response(
-            response, tools, allow_parallel_tool_calls=allow_parallel_tool_calls, **kwargs
-        )
-
-    def get_tool_calls_from_response(
-        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
-    ) -> list[ToolSelection]:
-        return self._calling().get_tool_calls_from_response(
-            response, error_on_no_tool_call=error_on_no_tool_call, **kwargs
-        )
 
     # -- translation: one call, its model calls, its answer ---------------------------------------------------
 
